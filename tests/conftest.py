@@ -1,0 +1,67 @@
+"""Backend parameterization: every test that takes ``backend`` runs on each available backend.
+
+numpy and array_api_strict always run; cupy runs where a CUDA device works and is
+skipped with the reason otherwise. Restrict with ``--backend NAME`` (repeatable)
+or ``XPDL_TEST_BACKENDS=numpy,cupy``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from xpdl.backend import get_backend, probe_cupy
+
+ALL_BACKENDS = ("numpy", "array_api_strict", "cupy")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--backend", action="append", default=None, choices=ALL_BACKENDS,
+                     help="run backend-parameterized tests on this backend only (repeatable)")
+
+
+def selected_backends(config: pytest.Config) -> tuple[str, ...]:
+    chosen = config.getoption("--backend")
+    if chosen:
+        return tuple(chosen)
+    env = os.environ.get("XPDL_TEST_BACKENDS")
+    if env:
+        return tuple(b.strip() for b in env.split(",") if b.strip())
+    return ALL_BACKENDS
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend_name" in metafunc.fixturenames:
+        metafunc.parametrize("backend_name", selected_backends(metafunc.config))
+
+
+@pytest.fixture
+def backend(backend_name: str):
+    """The :class:`xpdl.backend.Backend` under test; cupy is skipped with the reason where it cannot run."""
+    if backend_name == "cupy":
+        why = probe_cupy(0)
+        if why:
+            pytest.skip(f"cupy backend not testable here: {why}")
+    return get_backend(backend_name)
+
+
+@pytest.fixture
+def xp(backend):
+    return backend.xp
+
+
+def float_tol(dtype: str) -> float:
+    """Relative tolerance about 100 x machine epsilon of ``dtype``."""
+    return 100 * float(np.finfo(dtype).eps)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Print the largest gradient-check relative error seen in this run."""
+    from helpers import GRAD_ERRORS
+
+    if GRAD_ERRORS:
+        worst = max(GRAD_ERRORS, key=lambda e: e[0])
+        terminalreporter.write_line(f"gradient checks: {len(GRAD_ERRORS)} arrays, largest relative error "
+                                    f"{worst[0]:.2e} ({worst[1]})")

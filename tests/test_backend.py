@@ -1,0 +1,86 @@
+"""The backend selector: names, the auto choice and its reason, host/device copies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xpdl import backend as B
+
+
+def test_auto_picks_cupy_only_when_a_device_works(monkeypatch, capsys):
+    monkeypatch.setattr(B, "probe_cupy", lambda device_id=0: "CuPy is not installed (test)")
+    monkeypatch.delenv("XPDL_QUIET", raising=False)
+    be = B._auto_backend()
+    assert be.name == "numpy" and not be.is_gpu
+    assert "because CuPy is not installed (test)" in be.reason
+    assert "CuPy is not installed (test)" in capsys.readouterr().err
+
+
+def test_default_name_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("XPDL_BACKEND", "array_api_strict")
+    assert B.get_backend().name == "array_api_strict"
+    monkeypatch.setenv("XPDL_BACKEND", "numpy")
+    assert B.get_backend().name == "numpy"
+
+
+def test_explicit_cupy_says_why_and_how_to_install(monkeypatch):
+    monkeypatch.setattr(B, "_import_cupy", lambda: (_ for _ in ()).throw(
+        B.BackendUnavailable(f"CuPy is not installed; install it with {B.CUDA_INSTALL_HINT}")))
+    B._CACHE.pop("cupy:7", None)
+    with pytest.raises(B.BackendUnavailable, match=r'xpdl\[cuda12\]'):
+        B.get_backend("cupy:7")
+
+
+def test_cupy_device_problems_are_named():
+    class FakeRuntime:
+        @staticmethod
+        def getDeviceCount():
+            return 0
+
+    class FakeCupy:
+        class cuda:
+            runtime = FakeRuntime
+
+    assert B.cuda_problem(FakeCupy, 0) == "no CUDA device is visible"
+
+    class BrokenRuntime:
+        @staticmethod
+        def getDeviceCount():
+            raise RuntimeError("cudaErrorInsufficientDriver")
+
+    FakeCupy.cuda.runtime = BrokenRuntime
+    assert "driver" in B.cuda_problem(FakeCupy, 0) and "InsufficientDriver" in B.cuda_problem(FakeCupy, 0)
+
+
+@pytest.mark.parametrize("name,error", [("tensorflow", ValueError), ("cupy:x", ValueError),
+                                        ("cupy:-1", ValueError), (3, TypeError)])
+def test_bad_names_are_refused(name, error):
+    with pytest.raises(error, match="backend"):
+        B.get_backend(name)
+
+
+def test_host_device_round_trip(backend):
+    host = np.arange(6, dtype=np.float64).reshape(2, 3)
+    arr = backend.asarray(host, dtype="float32")
+    assert backend.owns(arr)
+    back = backend.to_numpy(arr)
+    assert isinstance(back, np.ndarray) and back.dtype == np.float32
+    np.testing.assert_array_equal(back, host)
+    backend.synchronize()
+    assert backend.zeros((2,), "float64").shape == (2,)
+
+
+def test_owns_tells_backends_apart(backend):
+    import array_api_strict
+
+    arr = backend.asarray(np.ones(3))
+    assert backend.owns(arr)
+    others = [np.ones(3), array_api_strict.ones(3)]
+    assert sum(backend.owns(o) for o in others) == (0 if backend.is_gpu else 1)
+
+
+def test_available_backends_reports_reasons():
+    avail = B.available_backends()
+    assert avail["numpy"] == "" and avail["array_api_strict"] == ""
+    assert isinstance(avail["cupy"], str)

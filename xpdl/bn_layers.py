@@ -1,0 +1,124 @@
+"""Batch normalization, written once against ``xp``.
+
+``bn_param`` keys:
+    mode: ``'train'`` (normalize with batch statistics and update the running
+          averages) or ``'test'`` (normalize with the running averages).
+    eps: added to the variance (default 1e-5).
+    momentum: running-average decay (default 0.9):
+          ``running = momentum * running + (1 - momentum) * batch_stat``.
+    running_mean, running_var: (D,) arrays; start at zeros of x's dtype and device.
+
+The variance is the biased batch variance (divide by N), as in cs231n.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xpdl.arrays import check_mode, device, namespace
+from xpdl.layers import affine_backward, affine_forward, relu_backward, relu_forward
+
+
+def batchnorm_forward(x: Any, gamma: Any, beta: Any, bn_param: dict) -> tuple[Any, dict]:
+    """Batch normalization of ``x`` (N, D) with scale ``gamma`` (D,) and shift ``beta`` (D,).
+
+    Returns:
+        out: (N, D); cache: a dict for :func:`batchnorm_backward` (train mode only).
+    """
+    mode = check_mode(bn_param.get("mode"), "bn_param")
+    xp = namespace(x=x, gamma=gamma, beta=beta)
+    if x.ndim != 2:
+        raise ValueError(f"x: expected a 2-D (N, D) array, got shape {tuple(x.shape)}")
+    n, d = x.shape
+    eps = bn_param.get("eps", 1e-5)
+    momentum = bn_param.get("momentum", 0.9)
+    running_mean = bn_param.get("running_mean")
+    running_var = bn_param.get("running_var")
+    if running_mean is None:
+        running_mean = xp.zeros(d, dtype=x.dtype, device=device(x))
+    if running_var is None:
+        running_var = xp.zeros(d, dtype=x.dtype, device=device(x))
+    namespace(x=x, running_mean=running_mean, running_var=running_var)
+
+    if mode == "train":
+        mu = xp.mean(x, axis=0)
+        xmu = x - mu
+        var = xp.mean(xmu * xmu, axis=0)
+        inv_std = 1.0 / xp.sqrt(var + eps)
+        xhat = xmu * inv_std
+        out = gamma * xhat + beta
+        running_mean = momentum * running_mean + (1.0 - momentum) * mu
+        running_var = momentum * running_var + (1.0 - momentum) * var
+        cache = {"mode": "train", "xhat": xhat, "xmu": xmu, "var": var, "inv_std": inv_std,
+                 "gamma": gamma, "eps": eps}
+    else:
+        xhat = (x - running_mean) / xp.sqrt(running_var + eps)
+        out = gamma * xhat + beta
+        cache = {"mode": "test"}
+    bn_param["running_mean"] = running_mean
+    bn_param["running_var"] = running_var
+    return out, cache
+
+
+def _train_cache(cache: Any) -> dict:
+    if not isinstance(cache, dict) or cache.get("mode") != "train":
+        got = cache.get("mode") if isinstance(cache, dict) else type(cache).__name__
+        raise ValueError("cache: batch-norm backward needs the cache of a train-mode forward "
+                         f"(bn_param['mode'] == 'train'), got one from mode {got!r}")
+    return cache
+
+
+def batchnorm_backward(dout: Any, cache: dict) -> tuple[Any, Any, Any]:
+    """Backward pass through the computational graph of :func:`batchnorm_forward`, node by node.
+
+    Inputs: dout (N, D). Returns: dx (N, D), dgamma (D,), dbeta (D,).
+    """
+    c = _train_cache(cache)
+    xp = namespace(dout=dout, xhat=c["xhat"])
+    n = dout.shape[0]
+    xmu, inv_std, var, eps = c["xmu"], c["inv_std"], c["var"], c["eps"]
+    dbeta = xp.sum(dout, axis=0)
+    dgamma = xp.sum(c["xhat"] * dout, axis=0)
+    dxhat = c["gamma"] * dout
+    dxmu = dxhat * inv_std                                 # through xhat = xmu * inv_std
+    dinv_std = xp.sum(dxhat * xmu, axis=0)
+    dstd = -dinv_std * inv_std * inv_std                   # inv_std = 1 / std
+    dvar = 0.5 * dstd / xp.sqrt(var + eps)                 # std = sqrt(var + eps)
+    dxmu = dxmu + (2.0 / n) * xmu * dvar                   # var = mean(xmu ** 2)
+    dmu = -xp.sum(dxmu, axis=0)
+    dx = dxmu + dmu / n                                    # xmu = x - mean(x)
+    return dx, dgamma, dbeta
+
+
+def batchnorm_backward_alt(dout: Any, cache: dict) -> tuple[Any, Any, Any]:
+    """Backward pass of :func:`batchnorm_forward` in closed form (fewer passes over memory).
+
+    ``dx = inv_std / N * (N * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat))``,
+    ``dxhat = gamma * dout``. Shapes as :func:`batchnorm_backward`.
+    """
+    c = _train_cache(cache)
+    xp = namespace(dout=dout, xhat=c["xhat"])
+    n = dout.shape[0]
+    xhat = c["xhat"]
+    dbeta = xp.sum(dout, axis=0)
+    dgamma = xp.sum(xhat * dout, axis=0)
+    scale = c["gamma"] * c["inv_std"] / n
+    dx = scale * (n * dout - dbeta - xhat * dgamma)
+    return dx, dgamma, dbeta
+
+
+def affine_bn_relu_forward(x: Any, w: Any, b: Any, gamma: Any, beta: Any, bn_param: dict) -> tuple[Any, tuple]:
+    """Affine - batch norm - ReLU. Shapes as :func:`xpdl.layers.affine_forward`."""
+    a, cache_affine = affine_forward(x, w, b)
+    h, cache_bn = batchnorm_forward(a, gamma, beta, bn_param)
+    out, cache_relu = relu_forward(h)
+    return out, (cache_affine, cache_bn, cache_relu)
+
+
+def affine_bn_relu_backward(dout: Any, cache: tuple) -> tuple[Any, Any, Any, Any, Any]:
+    """Backward pass of :func:`affine_bn_relu_forward`: returns ``dx, dw, db, dgamma, dbeta``."""
+    cache_affine, cache_bn, cache_relu = cache
+    dh = relu_backward(dout, cache_relu)
+    da, dgamma, dbeta = batchnorm_backward_alt(dh, cache_bn)
+    dx, dw, db = affine_backward(da, cache_affine)
+    return dx, dw, db, dgamma, dbeta

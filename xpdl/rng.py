@@ -1,0 +1,157 @@
+"""A counter-based random generator that draws the same numbers on every backend.
+
+:class:`Generator` is Philox4x64-10 (Salmon et al., "Parallel random numbers: as
+easy as 1, 2, 3", SC 2011) with a 128-bit key and a 256-bit counter. Its state is
+two Python integers, readable and restorable with :meth:`Generator.get_state` /
+:meth:`Generator.set_state`.
+
+Where the numbers are made:
+
+- NumPy and every non-CuPy namespace: ``numpy.random.Philox`` on the host, then
+  copied to the array's device (array_api_strict lives on the host anyway).
+- CuPy: :mod:`xpdl.cuda_kernels` runs the same Philox4x64-10 as one elementwise
+  kernel on the GPU, reproducing NumPy's stream word for word, so no host mask
+  is copied to the GPU each step.
+
+Stream layout (shared by both): a draw of ``n`` 32-bit words uses ``ceil(n / 8)``
+Philox blocks; block ``j`` encrypts counter ``c + 1 + j`` (NumPy increments before
+it encrypts) and yields 4 uint64 words; word ``k`` of the draw is the low
+(``k`` even) or high (``k`` odd) half of uint64 word ``k // 2``. The generator's
+counter then advances by the number of blocks used.
+
+Dropout keeps an element when its 32-bit word is below ``keep_threshold(p)``: an
+integer comparison, exact and identical on every device.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+MASK64 = (1 << 64) - 1
+WORDS32_PER_BLOCK = 8
+
+# Philox4x64 constants (Random123).
+PHILOX_M0 = 0xD2E7470EE14C6C93
+PHILOX_M1 = 0xCA5A826395121157
+PHILOX_W0 = 0x9E3779B97F4A7C15
+PHILOX_W1 = 0xBB67AE8584CAA73B
+
+
+class Generator:
+    """Philox4x64-10 stream: ``key`` (128-bit int) and ``counter`` (256-bit int).
+
+    ``seed=None`` draws a key from the operating system's entropy.
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        if seed is None:
+            seed = int.from_bytes(os.urandom(16), "little")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
+        if not 0 <= int(seed) < 2**128:
+            raise ValueError(f"seed: expected 0 <= seed < 2**128, got {seed}")
+        self.key = int(seed)
+        self.counter = 0
+
+    def get_state(self) -> dict[str, int]:
+        """The whole state: ``{"key": int, "counter": int}``."""
+        return {"key": self.key, "counter": self.counter}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        """Restore a state from :meth:`get_state`."""
+        key, counter = int(state["key"]), int(state["counter"])
+        if not (0 <= key < 2**128 and 0 <= counter < 2**256):
+            raise ValueError(f"state: key must be < 2**128 and counter < 2**256, got {state!r}")
+        self.key, self.counter = key, counter
+
+    def _numpy_bitgen(self) -> np.random.Philox:
+        return np.random.Philox(key=self.key, counter=self.counter)
+
+    def random_uint32(self, shape: tuple[int, ...], like: Any) -> Any:
+        """Random uint32 words of ``shape`` on the namespace and device of array ``like``."""
+        n = math.prod(shape)
+        blocks = -(-n // WORDS32_PER_BLOCK)
+        counter, self.counter = self.counter, (self.counter + blocks) % 2**256
+        if _is_cupy(like):
+            from xpdl import cuda_kernels
+
+            return cuda_kernels.philox_uint32(self.key, counter, shape, like)
+        raw = np.random.Philox(key=self.key, counter=counter).random_raw(blocks * 4)
+        words = raw.astype("<u8", copy=False).view("<u4")[:n].reshape(shape)
+        if isinstance(like, np.ndarray):
+            return words
+        import array_api_compat
+
+        xp = array_api_compat.array_namespace(like)
+        return xp.asarray(words, device=array_api_compat.device(like))
+
+    def standard_normal(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Host float64 N(0, 1) samples (NumPy's ziggurat on this Philox stream).
+
+        Used for initial weights, drawn once on the host and moved, so every
+        backend starts from the same numbers.
+        """
+        bitgen = self._numpy_bitgen()
+        out = np.random.Generator(bitgen).standard_normal(shape)
+        ctr = bitgen.state["state"]["counter"]
+        self.counter = sum(int(c) << (64 * i) for i, c in enumerate(ctr))
+        return out
+
+    def permutation(self, n: int) -> np.ndarray:
+        """Host int64 permutation of ``range(n)`` (for shuffling epochs)."""
+        bitgen = self._numpy_bitgen()
+        out = np.random.Generator(bitgen).permutation(n)
+        ctr = bitgen.state["state"]["counter"]
+        self.counter = sum(int(c) << (64 * i) for i, c in enumerate(ctr))
+        return out
+
+
+def keep_threshold(p: float) -> int:
+    """The integer ``t`` with ``word < t`` true for a fraction ``p`` of 32-bit words.
+
+    ``t = ceil(p * 2**32)``, exact (``p * 2**32`` is exact in binary floating point).
+    ``p == 1`` gives ``2**32``: every word is kept.
+    """
+    return math.ceil(float(p) * 2**32)
+
+
+def _is_cupy(arr: Any) -> bool:
+    return type(arr).__module__.startswith("cupy")
+
+
+def philox4x64_numpy(counters: np.ndarray, key: int, rounds: int = 10) -> np.ndarray:
+    """Reference Philox4x64-``rounds`` on the host: ``counters`` (n, 4) uint64 -> (n, 4) uint64.
+
+    Written out step by step, like the CUDA kernel, so the two can be read side
+    by side; tested against ``numpy.random.Philox``.
+    """
+    ctr = [counters[:, i].astype(np.uint64) for i in range(4)]
+    k0, k1 = np.uint64(key & MASK64), np.uint64(key >> 64)
+    with np.errstate(over="ignore"):
+        for r in range(rounds):
+            if r:
+                k0 = k0 + np.uint64(PHILOX_W0)
+                k1 = k1 + np.uint64(PHILOX_W1)
+            hi0, lo0 = _mulhilo64(np.uint64(PHILOX_M0), ctr[0])
+            hi1, lo1 = _mulhilo64(np.uint64(PHILOX_M1), ctr[2])
+            ctr = [hi1 ^ ctr[1] ^ k0, lo1, hi0 ^ ctr[3] ^ k1, lo0]
+    return np.stack(ctr, axis=1)
+
+
+def _mulhilo64(a: np.uint64, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """High and low 64 bits of the 128-bit product ``a * b`` (uint64 arithmetic)."""
+    m32 = np.uint64(0xFFFFFFFF)
+    s32 = np.uint64(32)
+    a_lo, a_hi = a & m32, a >> s32
+    b_lo, b_hi = b & m32, b >> s32
+    ll = a_lo * b_lo
+    lh = a_lo * b_hi
+    hl = a_hi * b_lo
+    hh = a_hi * b_hi
+    mid = (ll >> s32) + (lh & m32) + (hl & m32)
+    hi = hh + (lh >> s32) + (hl >> s32) + (mid >> s32)
+    return hi, a * b

@@ -1,0 +1,326 @@
+"""Trainer: minibatch training of a model with an update rule from :mod:`xpdl.updater`.
+
+Usage (the seed's contract)::
+
+    data = {"X_train": ..., "y_train": ..., "X_val": ..., "y_val": ...}
+    model = FullyConnectedNet(hidden_dims=[100, 100], use_batchnorm=True, dropout=0.5)
+    trainer = Trainer(model, data, update_rule="adam",
+                      updater_config={"learning_rate": 1e-3},
+                      lr_decay=0.95, num_epochs=10, batch_size=100, print_every=100)
+    trainer.train()
+
+Data given as host NumPy arrays is copied to the model's device once. An epoch
+is one pass over a fresh permutation of the training set (without replacement)
+in ``N // batch_size`` full batches (the few left-over samples differ from epoch
+to epoch). Accuracies are checked after the first iteration and at the end of
+every epoch (the last iteration included); the model ends with the parameters
+and batch-norm statistics of the best validation accuracy.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from xpdl import updater
+
+HISTORY_LISTS = ("loss_history", "train_acc_history", "val_acc_history", "lr_history", "time_history")
+
+
+class Trainer:
+    """Trains ``model`` on ``data`` (see the module docstring).
+
+    Required:
+        model: a :class:`xpdl.FullyConnectedNet` (or any object with ``params``,
+            ``loss(X, y)``, ``backend``, ``as_input``, ``as_labels`` and ``snapshot``).
+        data: dict with ``X_train`` (N_train, d_1, ..., d_k), ``y_train`` (N_train,),
+            ``X_val``, ``y_val``.
+
+    Optional keyword arguments:
+        update_rule: ``"sgd"`` (default), ``"sgd_momentum"``, ``"rmsprop"``, ``"adam"``.
+        updater_config: hyperparameters of the rule (e.g. ``learning_rate``), copied per parameter.
+        lr_decay: learning rate multiplier applied after each epoch (default 1.0).
+        batch_size: samples per step (default 100).
+        num_epochs: epochs to train (default 10).
+        print_every: print the loss every this many iterations (default 10).
+        verbose: print progress (default True).
+        seed: seeds epoch shuffles and accuracy subsamples (default 0).
+        num_train_samples: training samples used for train accuracy (default 1000).
+        num_val_samples: validation samples used (default None: all).
+        on_iteration, on_epoch_end: optional callables ``f(trainer)`` run after each
+            iteration / after each epoch's accuracy check.
+
+    Unknown keyword arguments raise ValueError.
+    """
+
+    def __init__(self, model: Any, data: dict, **kwargs: Any) -> None:
+        self.model = model
+        self.update_rule_name = kwargs.pop("update_rule", "sgd")
+        self.update_rule = updater.get_update_rule(self.update_rule_name)
+        self.updater_config = dict(kwargs.pop("updater_config", {}) or {})
+        self.lr_decay = float(kwargs.pop("lr_decay", 1.0))
+        self.batch_size = int(kwargs.pop("batch_size", 100))
+        self.num_epochs = int(kwargs.pop("num_epochs", 10))
+        self.print_every = int(kwargs.pop("print_every", 10))
+        self.verbose = bool(kwargs.pop("verbose", True))
+        self.seed = int(kwargs.pop("seed", 0))
+        self.num_train_samples = kwargs.pop("num_train_samples", 1000)
+        self.num_val_samples = kwargs.pop("num_val_samples", None)
+        self.on_iteration: Callable | None = kwargs.pop("on_iteration", None)
+        self.on_epoch_end: Callable | None = kwargs.pop("on_epoch_end", None)
+        if kwargs:
+            extra = ", ".join(f'"{k}"' for k in kwargs)
+            raise ValueError(f"Unrecognized arguments {extra}")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size: expected a positive int, got {self.batch_size}")
+        if self.num_epochs < 0:
+            raise ValueError(f"num_epochs: expected >= 0, got {self.num_epochs}")
+        if self.print_every <= 0:
+            raise ValueError(f"print_every: expected a positive int, got {self.print_every}")
+
+        for key in ("X_train", "y_train", "X_val", "y_val"):
+            if key not in data:
+                raise ValueError(f"data: expected keys X_train, y_train, X_val, y_val; missing {key!r}")
+        self.X_train = model.as_input(data["X_train"])
+        self.y_train = model.as_labels(data["y_train"], self.X_train.shape[0])
+        self.X_val = model.as_input(data["X_val"])
+        self.y_val = model.as_labels(data["y_val"], self.X_val.shape[0])
+        if self.X_train.shape[0] == 0:
+            raise ValueError("data['X_train']: expected at least one sample, got 0")
+
+        self._reset_history()
+
+    def _reset_history(self) -> None:
+        self.epoch = 0
+        self.t = 0
+        self.best_val_acc = -1.0
+        self.best_params: dict = {}
+        self.best_state: dict = {}
+        self.loss_history: list[float] = []
+        self.train_acc_history: list[float] = []
+        self.val_acc_history: list[float] = []
+        self.lr_history: list[float] = []
+        self.time_history: list[float] = []
+        self.train_seconds = 0.0
+        self._pending_losses: list[tuple[int, Any]] = []
+        self.updater_configs = {p: copy.deepcopy(self.updater_config) for p in self.model.params}
+
+    # ------------------------------------------------------------ one step
+    @property
+    def iterations_per_epoch(self) -> int:
+        """Full batches per epoch: ``max(N_train // batch_size, 1)``."""
+        return max(self.X_train.shape[0] // self.batch_size, 1)
+
+    @property
+    def num_iterations(self) -> int:
+        """Total iterations of :meth:`train`: ``num_epochs * iterations_per_epoch``."""
+        return self.num_epochs * self.iterations_per_epoch
+
+    def step(self, X_batch: Any, y_batch: Any) -> Any:
+        """One training step (forward, backward, update) on one batch.
+
+        Inputs:
+            X_batch: (B, d_1, ..., d_k); y_batch: (B,) integer labels.
+
+        Returns:
+            The batch loss as a 0-d array on the model's device (no host synchronization).
+        """
+        loss, grads = self.model.loss(X_batch, y_batch)
+        self.apply_gradients(grads)
+        return loss
+
+    def apply_gradients(self, grads: dict) -> None:
+        """Update every parameter with its gradient and its own update-rule config."""
+        for p, w in self.model.params.items():
+            next_w, self.updater_configs[p] = self.update_rule(w, grads[p], self.updater_configs[p])
+            self.model.params[p] = next_w
+
+    def batch_indices(self, t: int) -> Any:
+        """Device indices of the batch of iteration ``t`` (0-based): a slice of the epoch's permutation."""
+        epoch, pos = divmod(t, self.iterations_per_epoch)
+        if getattr(self, "_perm_epoch", None) != epoch:
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.X_train.shape[0])
+            self._perm = self.model.backend.asarray(perm)
+            self._perm_epoch = epoch
+        bs = min(self.batch_size, self.X_train.shape[0])
+        return self._perm[pos * bs:(pos + 1) * bs]
+
+    def _step(self) -> None:
+        xp = self.model.backend.xp
+        idx = self.batch_indices(self.t)
+        X_batch = xp.take(self.X_train, idx, axis=0)
+        y_batch = xp.take(self.y_train, idx, axis=0)
+        loss, grads = self.model.loss_and_grads(X_batch, y_batch)
+        self.apply_gradients(grads)
+        self._pending_losses.append((self.t, loss))
+        self.t += 1
+        if not self.model.backend.is_gpu:
+            self.flush_losses()
+
+    def flush_losses(self) -> None:
+        """Move pending device losses into ``loss_history``; stop on a NaN or infinite loss.
+
+        Raises:
+            FloatingPointError: naming the iteration; the model is restored to the best
+            parameters seen so far first.
+        """
+        pending, self._pending_losses = self._pending_losses, []
+        for t, loss in pending:
+            value = float(loss)
+            if not math.isfinite(value):
+                self.restore_best()
+                raise FloatingPointError(
+                    f"loss became {value} at iteration {t + 1} (epoch {t // self.iterations_per_epoch + 1}); "
+                    f"training stopped and the model holds the best parameters seen so far "
+                    f"(validation accuracy {max(self.best_val_acc, 0.0):.4f}); try a smaller learning rate")
+            self.loss_history.append(value)
+
+    # ------------------------------------------------------------ accuracy
+    def check_accuracy(self, X: Any, y: Any, num_samples: int | None = None, batch_size: int = 100) -> float:
+        """Fraction of ``X`` (N, ...) classified as ``y`` (N,), optionally on a seeded subsample.
+
+        Predictions are made on the model's device in batches of ``batch_size``;
+        the subsample (``num_samples`` without replacement) depends on the seed and
+        the iteration only, so a resumed run draws the same one.
+        """
+        X = self.model.as_input(X)
+        y = self.model.as_labels(y, X.shape[0], check_range=False)
+        xp = self.model.backend.xp
+        n = X.shape[0]
+        if num_samples is not None and n > num_samples:
+            pick = np.random.default_rng([self.seed, self.t, 1]).choice(n, num_samples, replace=False)
+            idx = self.model.backend.asarray(pick)
+            X, y, n = xp.take(X, idx, axis=0), xp.take(y, idx, axis=0), num_samples
+        if n == 0:
+            return 0.0
+        correct = None
+        for start in range(0, n, batch_size):
+            scores = self.model.loss(X[start:min(start + batch_size, n), ...])
+            hits = xp.sum(xp.astype(xp.argmax(scores, axis=1) == y[start:min(start + batch_size, n)], xp.int64))
+            correct = hits if correct is None else correct + hits
+        return int(correct) / n
+
+    # ------------------------------------------------------------ state
+    def get_state(self) -> dict[str, Any]:
+        """Everything needed to continue training exactly, as host NumPy arrays and plain Python values.
+
+        Keys: ``counters`` (t, epoch, best_val_acc, train_seconds), ``history`` (the
+        history lists), ``model`` and ``best`` (:meth:`FullyConnectedNet.state_arrays`
+        of the current and best model), ``updater`` (per parameter: its config, arrays
+        as NumPy), ``rng`` (the model generator's state).
+        """
+        self.flush_losses()
+        to_host = self.model.backend.to_numpy
+        updater_state = {
+            p: {k: (to_host(v).copy() if hasattr(v, "shape") else v) for k, v in config.items()}
+            for p, config in self.updater_configs.items()
+        }
+        return {
+            "counters": {"t": self.t, "epoch": self.epoch, "best_val_acc": self.best_val_acc,
+                         "train_seconds": self.train_seconds},
+            "history": {name: list(getattr(self, name)) for name in HISTORY_LISTS},
+            "model": {k: to_host(v).copy() for k, v in self.model.state_arrays().items()},
+            "best": {k: to_host(v).copy() for k, v in self.best_state.items()},
+            "updater": updater_state,
+            "rng": self.model.rng.get_state(),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`get_state` output (arrays of any backend are moved to the model's).
+
+        Everything is checked (keys, shapes) before the trainer or the model changes.
+        """
+        if set(state.get("updater", {})) != set(self.model.params):
+            raise ValueError(f"state['updater']: expected one config per parameter {sorted(self.model.params)}, "
+                             f"got {sorted(state.get('updater', {}))}")
+        for p, config in state["updater"].items():
+            for k, v in config.items():
+                if hasattr(v, "shape") and tuple(v.shape) != tuple(self.model.params[p].shape):
+                    raise ValueError(f"state['updater'][{p!r}][{k!r}]: expected shape "
+                                     f"{tuple(self.model.params[p].shape)}, got {tuple(v.shape)}")
+        self.model.load_state_arrays(state["model"])
+        backend = self.model.backend
+        self.updater_configs = {
+            p: {k: (backend.asarray(backend.to_numpy(v), dtype=self.model.dtype) if hasattr(v, "shape") else v)
+                for k, v in config.items()}
+            for p, config in state["updater"].items()
+        }
+        self.best_state = {k: self.model._copy(v) for k, v in state.get("best", {}).items()}
+        self.best_params = {k: self.best_state[k] for k in self.model.params if k in self.best_state}
+        counters = state["counters"]
+        self.t, self.epoch = int(counters["t"]), int(counters["epoch"])
+        self.best_val_acc = float(counters["best_val_acc"])
+        self.train_seconds = float(counters.get("train_seconds", 0.0))
+        for name in HISTORY_LISTS:
+            setattr(self, name, list(state["history"].get(name, [])))
+        self._pending_losses = []
+        self.model.rng.set_state(state["rng"])
+
+    # ------------------------------------------------------------ training
+    def record_best(self, val_acc: float) -> None:
+        """Keep a device copy of the model's params and batch-norm statistics if ``val_acc`` is a new best."""
+        if val_acc > self.best_val_acc:
+            self.best_val_acc = val_acc
+            self.best_state = self.model.snapshot()
+            self.best_params = {k: self.best_state[k] for k in self.model.params}
+
+    def restore_best(self) -> None:
+        """Load the best params and batch-norm statistics seen so far into the model (if any)."""
+        if self.best_state:
+            self.model.load_state_arrays(self.best_state)
+
+    def current_learning_rate(self) -> float | None:
+        """The learning rate the next step will use (None before the rule set its default)."""
+        configs = list(self.updater_configs.values())
+        return configs[0].get("learning_rate") if configs else None
+
+    def _epoch_checks(self, epoch_end: bool) -> None:
+        self.flush_losses()
+        train_acc = self.check_accuracy(self.X_train, self.y_train, num_samples=self.num_train_samples)
+        val_acc = self.check_accuracy(self.X_val, self.y_val, num_samples=self.num_val_samples)
+        self.train_acc_history.append(train_acc)
+        self.val_acc_history.append(val_acc)
+        self.lr_history.append(self.current_learning_rate())
+        self.time_history.append(self.train_seconds)
+        if self.verbose:
+            print(f"(Epoch {self.epoch} / {self.num_epochs}) train acc: {train_acc:f}; val_acc: {val_acc:f}")
+        self.record_best(val_acc)
+        if epoch_end and self.on_epoch_end is not None:
+            self.on_epoch_end(self)
+
+    def train(self) -> None:
+        """Train until ``num_iterations``, resuming from ``self.t`` if some were done already.
+
+        Ends with the model holding the parameters of the best validation accuracy.
+        """
+        total = self.num_iterations
+        start = time.perf_counter() - self.train_seconds
+        if self.t == 0 and not self.val_acc_history and total == 0:
+            self._epoch_checks(epoch_end=False)
+        while self.t < total:
+            self._step()
+            self.train_seconds = time.perf_counter() - start
+            t = self.t
+            if self.verbose and (t - 1) % self.print_every == 0:
+                self.flush_losses()
+                print(f"(Iteration {t} / {total}) loss: {self.loss_history[-1]:f}")
+            epoch_end = t % self.iterations_per_epoch == 0
+            if epoch_end:
+                self.epoch += 1
+                for config in self.updater_configs.values():
+                    if "learning_rate" in config:
+                        config["learning_rate"] *= self.lr_decay
+            if t == 1 or epoch_end:
+                self._epoch_checks(epoch_end)
+            if self.on_iteration is not None:
+                self.on_iteration(self)
+        self.flush_losses()
+        if not self.best_state:
+            self.record_best(self.check_accuracy(self.X_val, self.y_val, num_samples=self.num_val_samples))
+        self.restore_best()
+
