@@ -2,6 +2,8 @@
 
 - :func:`philox_uint32`: Philox4x64-10 random words, the same stream as
   ``numpy.random.Philox`` (see :mod:`xpdl.rng` for the layout).
+- :func:`fused_update`: each update rule of :mod:`xpdl.updater` as one in-place
+  elementwise kernel over a parameter and its state (as PyTorch's fused Adam).
 """
 
 from __future__ import annotations
@@ -67,3 +69,52 @@ def philox_uint32(key: int, counter: int, shape: tuple[int, ...], like: Any) -> 
             _philox_kernel()(u64(ctr[0]), u64(ctr[1]), u64(ctr[2]), u64(ctr[3]),
                              u64(key & m64), u64(key >> 64), cupy.int64(n), out, size=blocks)
         return out.reshape(shape)
+
+
+_UPDATE_BODIES = {
+    "adam": ("T g, float64 step, float64 b1, float64 b2, float64 eps, float64 inv_c2, float64 reg",
+             "T w, T m, T v",
+             "double gi = (double)g + reg * (double)w;"
+             "double mi = b1 * (double)m + (1.0 - b1) * gi;"
+             "double vi = b2 * (double)v + (1.0 - b2) * gi * gi;"
+             "m = (T)mi; v = (T)vi;"
+             "w = (T)((double)w - step * mi / (sqrt(vi * inv_c2) + eps));"),
+    "sgd": ("T g, float64 lr, float64 reg", "T w",
+            "w = (T)((double)w - lr * ((double)g + reg * (double)w));"),
+    "sgd_momentum": ("T g, float64 lr, float64 mu, float64 reg", "T w, T vel",
+                     "double vi = mu * (double)vel - lr * ((double)g + reg * (double)w);"
+                     "vel = (T)vi; w = (T)((double)w + vi);"),
+    "rmsprop": ("T g, float64 lr, float64 decay, float64 eps, float64 reg", "T w, T cache",
+                "double gi = (double)g + reg * (double)w;"
+                "double ci = decay * (double)cache + (1.0 - decay) * gi * gi;"
+                "cache = (T)ci; w = (T)((double)w - lr * gi / (sqrt(ci) + eps));"),
+}
+
+
+@functools.cache
+def _update_kernel(rule: str) -> Any:
+    import cupy
+
+    params, outs, body = _UPDATE_BODIES[rule]
+    return cupy.ElementwiseKernel(params, outs, body, f"xpdl_{rule}_update")
+
+
+def fused_update(rule: str, w: Any, g: Any, config: dict, reg: float = 0.0) -> None:
+    """Apply update ``rule`` to CuPy arrays ``w`` and its state in ``config``, in place, in one kernel.
+
+    ``config`` holds the rule's hyperparameters and state (see :mod:`xpdl.updater`);
+    Adam's ``t`` is incremented here. ``reg * w`` is added to the gradient first.
+    """
+    kernel = _update_kernel(rule)
+    lr = float(config["learning_rate"])
+    if rule == "adam":
+        config["t"] += 1
+        t, b1, b2 = int(config["t"]), float(config["beta1"]), float(config["beta2"])
+        kernel(g, lr / (1.0 - b1**t), b1, b2, float(config["epsilon"]), 1.0 / (1.0 - b2**t), reg,
+               w, config["m"], config["v"])
+    elif rule == "sgd":
+        kernel(g, lr, reg, w)
+    elif rule == "sgd_momentum":
+        kernel(g, lr, float(config["momentum"]), reg, w, config["velocity"])
+    else:
+        kernel(g, lr, float(config["decay_rate"]), float(config["epsilon"]), reg, w, config["cache"])

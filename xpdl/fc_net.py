@@ -16,7 +16,7 @@ import numpy as np
 from xpdl.backend import Backend, dtype_name, get_backend, to_numpy
 from xpdl.bn_layers import batchnorm_backward_alt, batchnorm_forward
 from xpdl.dropout_layers import check_keep_probability, dropout_backward, dropout_forward
-from xpdl.layers import affine_backward, affine_forward, relu_backward, relu_forward, softmax_loss
+from xpdl.layers import affine_backward, affine_forward, affine_param_grads, relu_backward, relu_forward, softmax_loss
 from xpdl.rng import Generator
 
 FLOAT_DTYPES = ("float32", "float64")
@@ -190,8 +190,12 @@ class FullyConnectedNet:
         """Test-mode class scores (N, C) for an (N, input_dim) array already on the device."""
         return self._forward(X, "test")[0]
 
-    def loss_and_grads(self, X: Any, y: Any) -> tuple[Any, dict]:
-        """Train-mode loss and gradients for device arrays X (N, D) and y (N,) int64."""
+    def loss_and_grads(self, X: Any, y: Any, input_grad: bool = True) -> tuple[Any, dict]:
+        """Train-mode loss and gradients for device arrays X (N, D) and y (N,) int64.
+
+        ``input_grad=False`` skips the first layer's input gradient (one of the three
+        largest matrix products), which training never uses.
+        """
         scores, caches = self._forward(X, "train")
         xp = self.backend.xp
         loss, dscores = softmax_loss(scores, y)
@@ -205,7 +209,15 @@ class FullyConnectedNet:
             da = relu_backward(dh, relu_cache)
             if bn_cache is not None:
                 da, grads[f"gamma{i}"], grads[f"beta{i}"] = batchnorm_backward_alt(da, bn_cache)
-            dh, grads[f"W{i}"], grads[f"b{i}"] = affine_backward(da, fc_cache)
+            if i == 1 and not input_grad:
+                grads[f"W{i}"], grads[f"b{i}"] = affine_param_grads(da, fc_cache)
+            else:
+                dh, grads[f"W{i}"], grads[f"b{i}"] = affine_backward(da, fc_cache)
+            if bn_cache is not None:
+                # batch norm subtracts the batch mean, so this bias has no effect on the loss: its
+                # gradient is exactly 0 (the computed sum is rounding noise that Adam and RMSProp
+                # would turn into a random walk)
+                grads[f"b{i}"] = xp.zeros_like(grads[f"b{i}"])
         if self.reg:
             for i in range(1, L + 1):
                 W = self.params[f"W{i}"]

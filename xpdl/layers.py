@@ -52,6 +52,16 @@ def affine_backward(dout: Any, cache: tuple) -> tuple[Any, Any, Any]:
     return dx, dw, db
 
 
+def affine_param_grads(dout: Any, cache: tuple) -> tuple[Any, Any]:
+    """The weight and bias gradients of :func:`affine_backward` alone: dw (D, M), db (M,).
+
+    For a first layer, whose input gradient nothing uses.
+    """
+    x, w, _ = cache
+    xp = namespace(dout=dout, w=w)
+    return xp.reshape(x, (x.shape[0], -1)).T @ dout, xp.sum(dout, axis=0)
+
+
 def relu_forward(x: Any) -> tuple[Any, Any]:
     """Rectified linear unit ``max(x, 0)``. Returns ``out`` (shape of x) and ``cache = x``."""
     xp = namespace(x=x)

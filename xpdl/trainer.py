@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from xpdl import updater
+from xpdl.fused_step import make_step
 
 HISTORY_LISTS = ("loss_history", "train_acc_history", "val_acc_history", "lr_history", "time_history")
 
@@ -42,7 +43,8 @@ class Trainer:
             ``X_val``, ``y_val``.
 
     Optional keyword arguments:
-        update_rule: ``"sgd"`` (default), ``"sgd_momentum"``, ``"rmsprop"``, ``"adam"``.
+        update_rule: ``"sgd"`` (default), ``"sgd_momentum"``, ``"rmsprop"``, ``"adam"``
+            (or a function with the signature of those in :mod:`xpdl.updater`).
         updater_config: hyperparameters of the rule (e.g. ``learning_rate``), copied per parameter.
         lr_decay: learning rate multiplier applied after each epoch (default 1.0).
         batch_size: samples per step (default 100).
@@ -130,7 +132,26 @@ class Trainer:
         Returns:
             The batch loss as a 0-d array on the model's device (no host synchronization).
         """
-        loss, grads = self.model.loss(X_batch, y_batch)
+        X = self.model.as_input(X_batch)
+        y = self.model.as_labels(y_batch, X.shape[0], check_range=not self.model.backend.is_gpu)
+        return self._train_step(X, y)
+
+    @property
+    def step_path(self) -> str:
+        """Which step implementation runs: ``"numpy-fused"``, ``"cupy-fused-update"`` or ``"reference"``."""
+        return self._fused.name if self._fused_step() is not None else "reference"
+
+    def _fused_step(self) -> Any:
+        if not hasattr(self, "_fused"):
+            self._fused = make_step(self)
+        return self._fused
+
+    def _train_step(self, X: Any, y: Any) -> Any:
+        """One step on validated device arrays: the fused path when one applies, else the reference."""
+        fused = self._fused_step()
+        if fused is not None:
+            return fused.step(X, y)
+        loss, grads = self.model.loss_and_grads(X, y, input_grad=False)
         self.apply_gradients(grads)
         return loss
 
@@ -155,8 +176,7 @@ class Trainer:
         idx = self.batch_indices(self.t)
         X_batch = xp.take(self.X_train, idx, axis=0)
         y_batch = xp.take(self.y_train, idx, axis=0)
-        loss, grads = self.model.loss_and_grads(X_batch, y_batch)
-        self.apply_gradients(grads)
+        loss = self._train_step(X_batch, y_batch)
         self._pending_losses.append((self.t, loss))
         self.t += 1
         if not self.model.backend.is_gpu:

@@ -1,0 +1,223 @@
+"""Fast training steps: the same math as the reference ``xp`` path, in fewer passes over memory.
+
+:func:`make_step` picks the fastest implementation that applies to a trainer:
+
+- ``"numpy-fused"`` (NumPy backend with numba installed, a
+  :class:`~xpdl.fc_net.FullyConnectedNet`): matrix products straight into
+  preallocated buffers (``np.matmul(..., out=...)``), batch norm + ReLU + dropout
+  as one compiled pass forward and two backward (:mod:`xpdl.cpu_kernels`), no
+  input gradient for the first layer, and every update rule as one in-place
+  compiled pass per parameter (weights, gradient and state read once).
+- ``"cupy-fused-update"`` (CuPy backend): the reference forward/backward on the
+  GPU, without the first layer's input gradient, then each parameter's update
+  rule as one in-place elementwise CUDA kernel (:mod:`xpdl.cuda_kernels`).
+- ``None``: the reference path (:meth:`FullyConnectedNet.loss_and_grads` and the
+  functions of :mod:`xpdl.updater`), used for every other namespace, where numba
+  is missing, and when ``XPDL_FUSED=0``.
+
+Fused steps update ``params`` and the update-rule state arrays in place; the
+dict entries keep their identity, so checkpoints and ``Trainer.get_state`` see the
+same keys and values as with the reference path. Tests compare both paths.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from xpdl import cpu_kernels
+from xpdl.rng import keep_threshold
+
+FUSED_RULES = ("sgd", "sgd_momentum", "rmsprop", "adam")
+
+
+def make_step(trainer: Any) -> Any:
+    """The fused step for ``trainer`` (an object with ``step(X, y) -> loss``), or None for the reference path."""
+    from xpdl.fc_net import FullyConnectedNet
+
+    if os.environ.get("XPDL_FUSED", "1") == "0":
+        return None
+    model = trainer.model
+    if type(model) is not FullyConnectedNet or trainer.update_rule_name not in FUSED_RULES:
+        return None
+    if model.backend.name == "numpy" and cpu_kernels.AVAILABLE:
+        return NumpyFusedStep(trainer)
+    if model.backend.is_gpu:
+        return CupyFusedUpdate(trainer)
+    return None
+
+
+def describe_paths() -> str:
+    """One line naming the step implementations usable in this process."""
+    cpu = "numpy-fused (numba)" if cpu_kernels.AVAILABLE else "numpy reference (numba not installed)"
+    return f"CPU: {cpu}; CuPy: cupy-fused-update; others: reference xp"
+
+
+def _rule_defaults(rule: str, config: dict) -> None:
+    """Fill the defaults the reference rule would set (see :mod:`xpdl.updater`)."""
+    defaults = {"sgd": {"learning_rate": 1e-2},
+                "sgd_momentum": {"learning_rate": 1e-2, "momentum": 0.9},
+                "rmsprop": {"learning_rate": 1e-2, "decay_rate": 0.99, "epsilon": 1e-8},
+                "adam": {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8, "t": 0}}[rule]
+    for k, v in defaults.items():
+        config.setdefault(k, v)
+
+
+STATE_KEYS = {"sgd": (), "sgd_momentum": ("velocity",), "rmsprop": ("cache",), "adam": ("m", "v")}
+
+
+class NumpyFusedStep:
+    """The fused NumPy training step of a FullyConnectedNet (see the module docstring)."""
+
+    name = "numpy-fused"
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        self.model = trainer.model
+        self.rule = trainer.update_rule_name
+        self._batch = -1
+
+    def _buffers(self, n: int) -> None:
+        """(Re)allocate the per-batch-size workspaces: activations, masks and gradients."""
+        if n == self._batch:
+            return
+        net = self.model
+        dt = np.dtype(net.dtype)
+        dims = [net.input_dim, *net.hidden_dims, net.num_classes]
+        self.xhat = [np.empty((n, h), dt) if net.use_batchnorm else None for h in net.hidden_dims]
+        self.a = [np.empty((n, h), dt) for h in net.hidden_dims]
+        self.h = [np.empty((n, h), dt) for h in net.hidden_dims]
+        self.keep = [np.empty((n, h) if net.use_dropout else (0, 0), np.uint8) for h in net.hidden_dims]
+        self.inv_std = [np.empty(h, np.float64) for h in net.hidden_dims]
+        self.dh = [np.empty((n, h), dt) for h in net.hidden_dims]
+        self.grads = {k: np.empty(v.shape, dt) for k, v in net.params.items()}
+        self.no_words = np.zeros((0, 0), np.uint32)
+        self.no_keep = np.zeros((0, 0), np.uint8)
+        self.scores = np.empty((n, dims[-1]), dt)
+        self._batch = n
+
+    def step(self, X: Any, y: Any) -> Any:
+        """One training step on device arrays X (N, D) and y (N,) int64; returns the 0-d loss."""
+        net = self.model
+        n = X.shape[0]
+        self._buffers(n)
+        net._set_mode("train")
+        p = net.dropout if net.use_dropout else 1.0
+        threshold = keep_threshold(p)
+        dropout = net.use_dropout and threshold < 2**32  # p == 1 keeps everything and draws nothing
+        scale = 1.0 / p if dropout else 1.0
+        L = net.num_layers
+        prev = X
+        for i in range(1, L):
+            params = net.params
+            a, h = self.a[i - 1], self.h[i - 1]
+            np.matmul(prev, params[f"W{i}"], out=a)
+            words = net.rng.random_uint32(a.shape, like=a) if dropout else self.no_words
+            keep = self.keep[i - 1] if dropout else self.no_keep
+            if net.use_batchnorm:
+                bn = net.bn_params[i - 1]
+                cpu_kernels.bn_relu_dropout_forward(
+                    a, params[f"b{i}"], params[f"gamma{i}"], params[f"beta{i}"], bn["running_mean"],
+                    bn["running_var"], float(bn.get("momentum", 0.9)), float(bn.get("eps", 1e-5)),
+                    words, min(threshold, 2**32 - 1), scale, self.xhat[i - 1], h, keep, self.inv_std[i - 1])
+            else:
+                cpu_kernels.bias_relu_dropout_forward(a, params[f"b{i}"], words, min(threshold, 2**32 - 1), scale, h,
+                                                      keep)
+            prev = h
+        scores = np.matmul(prev, net.params[f"W{L}"], out=self.scores)
+        scores += net.params[f"b{L}"]
+        loss, dscores = _softmax_loss(scores, y)
+
+        g = self.grads
+        np.matmul(prev.T, dscores, out=g[f"W{L}"])
+        np.sum(dscores, axis=0, out=g[f"b{L}"])
+        dh = self.dh[L - 2] if L > 1 else None
+        if L > 1:
+            np.matmul(dscores, net.params[f"W{L}"].T, out=dh)
+        for i in range(L - 1, 0, -1):
+            da = self.a[i - 1]  # the affine output is not needed any more: reuse it for its gradient
+            keep = self.keep[i - 1] if dropout else self.no_keep
+            if net.use_batchnorm:
+                cpu_kernels.bn_relu_dropout_backward(dh, self.h[i - 1], self.xhat[i - 1], net.params[f"gamma{i}"],
+                                                     self.inv_std[i - 1], keep, scale, da, g[f"gamma{i}"],
+                                                     g[f"beta{i}"], g[f"b{i}"])
+            else:
+                cpu_kernels.relu_dropout_backward(dh, self.h[i - 1], keep, scale, da, g[f"b{i}"])
+            prev_h = self.h[i - 2] if i > 1 else X
+            np.matmul(prev_h.T, da, out=g[f"W{i}"])
+            if i > 1:  # the first layer's input gradient is never needed
+                dh = self.dh[i - 2]
+                np.matmul(da, net.params[f"W{i}"].T, out=dh)
+        reg_sq = self.update()
+        if net.reg:
+            loss = loss + 0.5 * net.reg * reg_sq
+        return np.asarray(loss, dtype=net.dtype)
+
+    def update(self) -> float:
+        """Apply the update rule to every parameter in place; returns ``sum(W**2)`` over weights if reg > 0."""
+        net, trainer = self.model, self.trainer
+        total = 0.0
+        for p, w in net.params.items():
+            config = trainer.updater_configs[p]
+            _rule_defaults(self.rule, config)
+            for key in STATE_KEYS[self.rule]:
+                if config.get(key) is None or config[key].shape != w.shape or config[key].dtype != w.dtype:
+                    config[key] = np.zeros_like(w)
+            reg = net.reg if p.startswith("W") else 0.0
+            wf, gf = w.reshape(-1), self.grads[p].reshape(-1)
+            lr = float(config["learning_rate"])
+            if self.rule == "adam":
+                config["t"] += 1
+                total += cpu_kernels.adam_update(wf, gf, config["m"].reshape(-1), config["v"].reshape(-1), lr,
+                                                 float(config["beta1"]), float(config["beta2"]),
+                                                 float(config["epsilon"]), int(config["t"]), reg)
+            elif self.rule == "sgd":
+                total += cpu_kernels.sgd_update(wf, gf, lr, reg)
+            elif self.rule == "sgd_momentum":
+                total += cpu_kernels.momentum_update(wf, gf, config["velocity"].reshape(-1), lr,
+                                                     float(config["momentum"]), reg)
+            else:
+                total += cpu_kernels.rmsprop_update(wf, gf, config["cache"].reshape(-1), lr,
+                                                    float(config["decay_rate"]), float(config["epsilon"]), reg)
+        return total
+
+
+def _softmax_loss(scores: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy of ``scores`` (N, C) and its gradient (log-sum-exp, in place on ``scores``)."""
+    n = scores.shape[0]
+    scores -= scores.max(axis=1, keepdims=True)
+    picked = np.take_along_axis(scores, y.reshape(n, 1), axis=1)
+    np.exp(scores, out=scores)
+    sums = scores.sum(axis=1, keepdims=True)
+    loss = float(np.mean(np.log(sums) - picked))
+    scores /= sums
+    scores[np.arange(n), y] -= 1.0
+    scores /= n
+    return loss, scores
+
+
+class CupyFusedUpdate:
+    """The CuPy step: reference forward/backward on the GPU, then one fused update kernel per parameter."""
+
+    name = "cupy-fused-update"
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        self.model = trainer.model
+        self.rule = trainer.update_rule_name
+
+    def step(self, X: Any, y: Any) -> Any:
+        from xpdl import cuda_kernels
+
+        net, trainer = self.model, self.trainer
+        loss, grads = net.loss_and_grads(X, y, input_grad=False)
+        for p, w in net.params.items():
+            config = trainer.updater_configs[p]
+            _rule_defaults(self.rule, config)
+            for key in STATE_KEYS[self.rule]:
+                if config.get(key) is None or config[key].shape != w.shape or config[key].dtype != w.dtype:
+                    config[key] = net.backend.xp.zeros_like(w)
+            cuda_kernels.fused_update(self.rule, w, grads[p], config)
+        return loss
