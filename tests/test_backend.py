@@ -84,3 +84,10 @@ def test_available_backends_reports_reasons():
     avail = B.available_backends()
     assert avail["numpy"] == "" and avail["array_api_strict"] == ""
     assert isinstance(avail["cupy"], str)
+
+
+def test_backend_generator_draws_on_the_device_and_matches_numpy(backend):
+    words = backend.random_uint32(backend.generator(11), (4, 5))
+    assert backend.owns(words)
+    ref = B.get_backend("numpy").random_uint32(B.get_backend("numpy").generator(11), (4, 5))
+    np.testing.assert_array_equal(backend.to_numpy(words), ref)

@@ -91,6 +91,19 @@ class Backend:
         """Zeros of ``shape`` and ``dtype`` on this device."""
         return self.xp.zeros(shape, dtype=self.dtype(dtype), device=self.device)
 
+    def generator(self, seed: int | None = None) -> Any:
+        """A seeded :class:`xpdl.rng.Generator`; its draws for this backend's arrays are made on the device.
+
+        The same seed gives the same numbers on every backend.
+        """
+        from xpdl.rng import Generator
+
+        return Generator(seed)
+
+    def random_uint32(self, rng: Any, shape: tuple[int, ...]) -> Any:
+        """Random uint32 words of ``shape`` drawn from ``rng`` directly on this backend's device."""
+        return rng.random_uint32(shape, like=self.zeros((1,), "float32"))
+
     def synchronize(self) -> None:
         """Wait until all work queued on the device is done (for timing)."""
         if self._cupy is not None:

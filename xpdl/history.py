@@ -1,0 +1,167 @@
+"""Run folders: what ``xpdl train`` writes while it trains, and ``history.json``.
+
+A run folder holds
+
+- ``checkpoint.npz``: the latest training checkpoint (:mod:`xpdl.checkpoint`),
+  written every ``checkpoint_every`` iterations (default: at every epoch end) and
+  always after the last iteration, so it holds the trainer exactly as it was at
+  the end of the last epoch (current weights, not the best ones);
+- ``best.npz``: the model (kind ``"model"``) with the best validation accuracy so
+  far, written whenever that improves (and again when a run is resumed);
+- ``history.json``: :func:`history_record`, rewritten with every checkpoint;
+- ``curves.png``: loss and accuracies against epoch (:mod:`xpdl.plots`), at the end.
+
+Every file is replaced atomically, so a run killed at any moment (``SIGKILL``
+included) leaves a consistent ``checkpoint.npz`` to resume from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xpdl.checkpoint import atomic_write, save_checkpoint, save_model
+
+CHECKPOINT_FILE = "checkpoint.npz"
+BEST_FILE = "best.npz"
+HISTORY_FILE = "history.json"
+CURVES_FILE = "curves.png"
+
+
+def check_iterations(num_checks: int, iterations_per_epoch: int) -> list[int]:
+    """Iterations (1-based counts of steps done) at which the Trainer checked accuracy.
+
+    The Trainer checks after the first iteration and at every epoch end; when an
+    epoch is one iteration long those coincide. Returns the first ``num_checks``.
+    """
+    ipe = max(int(iterations_per_epoch), 1)
+    its = [1] + [k * ipe for k in range(1, num_checks + 1) if k * ipe != 1]
+    return its[:num_checks]
+
+
+def best_check(val_acc_history: list[float]) -> int | None:
+    """Index of the accuracy check that set the best validation accuracy (the first maximum), or None."""
+    return int(np.argmax(val_acc_history)) if val_acc_history else None
+
+
+def history_record(trainer: Any, settings: dict[str, Any], device: str) -> dict[str, Any]:
+    """The JSON document of ``history.json`` for ``trainer`` (pending losses are flushed first).
+
+    Keys: ``settings``, ``device``, ``batch_size``, ``iterations_per_epoch``,
+    ``num_epochs``, ``iterations_done``, ``epochs_done``, ``best_val_acc``,
+    ``best_epoch``, ``train_seconds`` (s), ``loss_history`` (one per iteration),
+    ``loss_epochs`` (its x coordinates in epochs), ``check_iterations`` /
+    ``check_epochs`` (when each accuracy check happened), ``train_acc_history``,
+    ``val_acc_history``, ``lr_history`` (learning rate after each check) and
+    ``time_history`` (seconds of training at each check).
+    """
+    trainer.flush_losses()
+    ipe = trainer.iterations_per_epoch
+    checks = check_iterations(len(trainer.val_acc_history), ipe)
+    best = best_check(trainer.val_acc_history)
+    return {
+        "settings": settings,
+        "device": device,
+        "batch_size": trainer.batch_size,
+        "iterations_per_epoch": ipe,
+        "num_epochs": trainer.num_epochs,
+        "iterations_done": trainer.t,
+        "epochs_done": trainer.epoch,
+        "best_val_acc": trainer.best_val_acc if best is not None else None,
+        "best_epoch": checks[best] / ipe if best is not None else None,
+        "train_seconds": trainer.train_seconds,
+        "loss_history": list(trainer.loss_history),
+        "loss_epochs": [(i + 1) / ipe for i in range(len(trainer.loss_history))],
+        "check_iterations": checks,
+        "check_epochs": [t / ipe for t in checks],
+        "train_acc_history": list(trainer.train_acc_history),
+        "val_acc_history": list(trainer.val_acc_history),
+        "lr_history": list(trainer.lr_history),
+        "time_history": list(trainer.time_history),
+    }
+
+
+def write_json(path: str | os.PathLike[str], doc: Any) -> Path:
+    """Write ``doc`` as indented JSON, atomically."""
+    data = (json.dumps(doc, indent=1) + "\n").encode("utf-8")
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def load_history(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a ``history.json`` (or the one in a run folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / HISTORY_FILE
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class RunRecorder:
+    """Writes a run folder as a Trainer trains; pass it as the Trainer's ``on_iteration``.
+
+    Args:
+        folder: the run folder (must exist).
+        meta: checkpoint metadata: ``settings`` and ``preprocessing`` (see
+            :func:`xpdl.checkpoint.save_checkpoint`).
+        device: a description of the device, for ``history.json``.
+        checkpoint_every: save every this many iterations; None: at every epoch end.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], meta: dict[str, Any], device: str,
+                 checkpoint_every: int | None = None) -> None:
+        self.folder = Path(folder)
+        self.meta = meta
+        self.device = device
+        self.checkpoint_every = checkpoint_every
+        self._best_saved: Any = None
+
+    def start(self, trainer: Any) -> None:
+        """Bring ``best.npz`` in line with a (restored) trainer before training continues."""
+        if trainer.best_state:
+            self.save_best(trainer)
+
+    def __call__(self, trainer: Any) -> None:
+        if trainer.best_state and trainer.best_state is not self._best_saved:
+            self.save_best(trainer)
+        if self.due(trainer):
+            self.save(trainer)
+
+    def due(self, trainer: Any) -> bool:
+        """Whether a checkpoint is due after iteration ``trainer.t``."""
+        t = trainer.t
+        if t >= trainer.num_iterations:
+            return True
+        every = self.checkpoint_every or trainer.iterations_per_epoch
+        return t % every == 0
+
+    def save(self, trainer: Any) -> None:
+        """Write ``checkpoint.npz`` and ``history.json`` for the trainer's current state."""
+        save_checkpoint(self.folder / CHECKPOINT_FILE, trainer, self.meta)
+        write_json(self.folder / HISTORY_FILE, self.history(trainer))
+
+    def save_best(self, trainer: Any) -> None:
+        """Write ``best.npz`` from the trainer's best state, with its accuracy and epoch in ``info``."""
+        ipe = trainer.iterations_per_epoch
+        best = best_check(trainer.val_acc_history)
+        info = {"best_val_acc": trainer.best_val_acc}
+        if best is not None:
+            info["epoch"] = check_iterations(best + 1, ipe)[best] / ipe
+        meta = {**self.meta, "info": info}
+        save_model(self.folder / BEST_FILE, trainer.model, meta, arrays=trainer.best_state)
+        self._best_saved = trainer.best_state
+
+    def history(self, trainer: Any) -> dict[str, Any]:
+        """:func:`history_record` with this run's settings and device."""
+        return history_record(trainer, self.meta.get("settings", {}), self.device)
+
+    def finish(self, trainer: Any) -> Path | None:
+        """After training: rewrite ``history.json`` and draw ``curves.png`` (None if matplotlib is missing)."""
+        from xpdl.plots import plot_curves
+
+        doc = self.history(trainer)
+        write_json(self.folder / HISTORY_FILE, doc)
+        return plot_curves(doc, self.folder / CURVES_FILE)
