@@ -136,6 +136,9 @@ class NumpyFusedStep:
         dh = self.dh[L - 2] if L > 1 else None
         if L > 1:
             np.matmul(dscores, net.params[f"W{L}"].T, out=dh)
+        # each layer is updated as soon as its gradients exist (and its weights have been used
+        # for the input gradient), while the fresh gradients are still in cache
+        reg_sq = self.update((f"W{L}", f"b{L}"))
         for i in range(L - 1, 0, -1):
             da = self.a[i - 1]  # the affine output is not needed any more: reuse it for its gradient
             keep = self.keep[i - 1] if dropout else self.no_keep
@@ -150,16 +153,18 @@ class NumpyFusedStep:
             if i > 1:  # the first layer's input gradient is never needed
                 dh = self.dh[i - 2]
                 np.matmul(da, net.params[f"W{i}"].T, out=dh)
-        reg_sq = self.update()
+            names = (f"W{i}", f"b{i}", f"gamma{i}", f"beta{i}") if net.use_batchnorm else (f"W{i}", f"b{i}")
+            reg_sq += self.update(names)
         if net.reg:
             loss = loss + 0.5 * net.reg * reg_sq
         return np.asarray(loss, dtype=net.dtype)
 
-    def update(self) -> float:
-        """Apply the update rule to every parameter in place; returns ``sum(W**2)`` over weights if reg > 0."""
+    def update(self, names: tuple[str, ...]) -> float:
+        """Apply the update rule to the parameters ``names`` in place; returns ``sum(W**2)`` over their weights."""
         net, trainer = self.model, self.trainer
         total = 0.0
-        for p, w in net.params.items():
+        for p in names:
+            w = net.params[p]
             config = trainer.updater_configs[p]
             _rule_defaults(self.rule, config)
             for key in STATE_KEYS[self.rule]:
