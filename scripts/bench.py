@@ -120,14 +120,9 @@ def core_count() -> int:
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from xpdl.backend import cpu_name
+
+    return cpu_name()
 
 
 def is_gpu_backend(be: Any) -> bool:

@@ -97,3 +97,16 @@ def test_state_lives_with_the_weights_and_inputs_are_not_written(backend, rule, 
 def test_unknown_update_rule_is_refused():
     with pytest.raises(ValueError, match="update_rule.*'adagrad'"):
         updater.get_update_rule("adagrad")
+
+
+@pytest.mark.parametrize("rule,key", [("sgd_momentum", "velocity"), ("rmsprop", "cache"), ("adam", "m")])
+def test_state_of_the_wrong_shape_is_refused(backend, rule, key):
+    config = {key: backend.asarray(np.zeros((2, 2)))}
+    with pytest.raises(ValueError, match=rf"config\['{key}'\]: expected shape \(4, 5\)"):
+        getattr(updater, rule)(backend.asarray(W), backend.asarray(DW), config)
+
+
+def test_defaults_are_the_seed_defaults():
+    assert updater.fill_defaults("adam", None) == {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999,
+                                                   "epsilon": 1e-8, "t": 0}
+    assert updater.fill_defaults("rmsprop", {"learning_rate": 5.0})["learning_rate"] == 5.0

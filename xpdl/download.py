@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from xpdl.atomic import fsync_folder
 from xpdl.data_formats import CIFAR10_PYTHON_DIR, DatasetError
 
 __all__ = [
@@ -121,22 +122,6 @@ def md5_of_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Best-effort fsync of a folder so a rename inside it is durable."""
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _download_file(
     url: str, dest: Path, md5: str, timeout: float, log: Callable[[str], None]
 ) -> Path:
@@ -183,7 +168,7 @@ def _download_file(
             tmp.flush()
             os.fsync(tmp.fileno())
         os.replace(tmp_path, dest)
-        _fsync_dir(dest.parent)
+        fsync_folder(dest.parent)
     except BaseException as exc:
         if tmp_path is not None:
             tmp_path.unlink(missing_ok=True)
@@ -254,7 +239,7 @@ def _extract_archive(archive: Path, data_dir: Path, extract_dir: str, url: str) 
                 f"found {found or 'nothing'}"
             )
         os.replace(extracted, final)
-        _fsync_dir(data_dir)
+        fsync_folder(data_dir)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return final

@@ -28,9 +28,11 @@ from typing import Any
 import numpy as np
 
 from xpdl import cpu_kernels
+from xpdl.arrays import namespace
 from xpdl.rng import keep_threshold
+from xpdl.updater import STATE_KEYS, UPDATE_RULES, fill_defaults
 
-FUSED_RULES = ("sgd", "sgd_momentum", "rmsprop", "adam")
+FUSED_RULES = UPDATE_RULES
 
 
 def make_step(trainer: Any) -> Any:
@@ -55,17 +57,13 @@ def describe_paths() -> str:
     return f"CPU: {cpu}; CuPy: cupy-fused-update; others: reference xp"
 
 
-def _rule_defaults(rule: str, config: dict) -> None:
-    """Fill the defaults the reference rule would set (see :mod:`xpdl.updater`)."""
-    defaults = {"sgd": {"learning_rate": 1e-2},
-                "sgd_momentum": {"learning_rate": 1e-2, "momentum": 0.9},
-                "rmsprop": {"learning_rate": 1e-2, "decay_rate": 0.99, "epsilon": 1e-8},
-                "adam": {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8, "t": 0}}[rule]
-    for k, v in defaults.items():
-        config.setdefault(k, v)
-
-
-STATE_KEYS = {"sgd": (), "sgd_momentum": ("velocity",), "rmsprop": ("cache",), "adam": ("m", "v")}
+def prepare_config(rule: str, config: dict, w: Any) -> dict:
+    """``config`` with the rule's defaults and its state arrays (zeros like ``w``), as the reference sets them."""
+    fill_defaults(rule, config)
+    for key in STATE_KEYS[rule]:
+        if config.get(key) is None:
+            config[key] = namespace(w=w).zeros_like(w)
+    return config
 
 
 class NumpyFusedStep:
@@ -165,11 +163,7 @@ class NumpyFusedStep:
         total = 0.0
         for p in names:
             w = net.params[p]
-            config = trainer.updater_configs[p]
-            _rule_defaults(self.rule, config)
-            for key in STATE_KEYS[self.rule]:
-                if config.get(key) is None or config[key].shape != w.shape or config[key].dtype != w.dtype:
-                    config[key] = np.zeros_like(w)
+            config = prepare_config(self.rule, trainer.updater_configs[p], w)
             reg = net.reg if p.startswith("W") else 0.0
             wf, gf = w.reshape(-1), self.grads[p].reshape(-1)
             lr = float(config["learning_rate"])
@@ -219,10 +213,6 @@ class CupyFusedUpdate:
         net, trainer = self.model, self.trainer
         loss, grads = net.loss_and_grads(X, y, input_grad=False)
         for p, w in net.params.items():
-            config = trainer.updater_configs[p]
-            _rule_defaults(self.rule, config)
-            for key in STATE_KEYS[self.rule]:
-                if config.get(key) is None or config[key].shape != w.shape or config[key].dtype != w.dtype:
-                    config[key] = net.backend.xp.zeros_like(w)
+            config = prepare_config(self.rule, trainer.updater_configs[p], w)
             cuda_kernels.fused_update(self.rule, w, grads[p], config)
         return loss

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from xpdl.checkpoint import atomic_write, save_checkpoint, save_model
+from xpdl.atomic import atomic_write
+from xpdl.checkpoint import save_checkpoint, save_model
 
 CHECKPOINT_FILE = "checkpoint.npz"
 BEST_FILE = "best.npz"

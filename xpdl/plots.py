@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from xpdl.checkpoint import atomic_write
+from xpdl.atomic import atomic_write
 
 
 def plot_curves(history: dict[str, Any], path: str | os.PathLike[str], dpi: int = 100) -> Path | None:

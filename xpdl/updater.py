@@ -17,21 +17,41 @@ from xpdl.arrays import namespace
 
 UPDATE_RULES = ("sgd", "sgd_momentum", "rmsprop", "adam")
 
+#: Hyperparameter defaults of each rule (filled into a config where missing).
+DEFAULTS = {
+    "sgd": {"learning_rate": 1e-2},
+    "sgd_momentum": {"learning_rate": 1e-2, "momentum": 0.9},
+    "rmsprop": {"learning_rate": 1e-2, "decay_rate": 0.99, "epsilon": 1e-8},
+    "adam": {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8, "t": 0},
+}
+
+#: The state arrays each rule keeps in its config (zeros like ``w`` at first).
+STATE_KEYS = {"sgd": (), "sgd_momentum": ("velocity",), "rmsprop": ("cache",), "adam": ("m", "v")}
+
+
+def fill_defaults(rule: str, config: dict | None) -> dict:
+    """``config`` (a new dict for None) with the defaults of ``rule`` set where missing."""
+    if config is None:
+        config = {}
+    for k, v in DEFAULTS[rule].items():
+        config.setdefault(k, v)
+    return config
+
 
 def _state(config: dict, key: str, w: Any, xp: Any) -> Any:
-    """``config[key]``, created as zeros like ``w`` when missing."""
+    """``config[key]``, created as zeros like ``w`` when missing; it must match w's shape and device."""
     if config.get(key) is None:
         config[key] = xp.zeros_like(w)
     namespace(w=w, **{f"config['{key}']": config[key]})
+    if tuple(config[key].shape) != tuple(w.shape):
+        raise ValueError(f"config['{key}']: expected shape {tuple(w.shape)} like w, got {tuple(config[key].shape)}")
     return config[key]
 
 
 def sgd(w: Any, dw: Any, config: dict | None = None) -> tuple[Any, dict]:
     """Vanilla SGD: ``w - learning_rate * dw``. Config: learning_rate (1e-2)."""
-    if config is None:
-        config = {}
+    config = fill_defaults("sgd", config)
     namespace(w=w, dw=dw)
-    config.setdefault("learning_rate", 1e-2)
     return w - config["learning_rate"] * dw, config
 
 
@@ -40,11 +60,8 @@ def sgd_momentum(w: Any, dw: Any, config: dict | None = None) -> tuple[Any, dict
 
     Config: learning_rate (1e-2), momentum (0.9), velocity (zeros like w).
     """
-    if config is None:
-        config = {}
+    config = fill_defaults("sgd_momentum", config)
     xp = namespace(w=w, dw=dw)
-    config.setdefault("learning_rate", 1e-2)
-    config.setdefault("momentum", 0.9)
     v = config["momentum"] * _state(config, "velocity", w, xp) - config["learning_rate"] * dw
     config["velocity"] = v
     return w + v, config
@@ -55,12 +72,8 @@ def rmsprop(w: Any, dw: Any, config: dict | None = None) -> tuple[Any, dict]:
 
     Config: learning_rate (1e-2), decay_rate (0.99), epsilon (1e-8), cache (zeros like w).
     """
-    if config is None:
-        config = {}
+    config = fill_defaults("rmsprop", config)
     xp = namespace(w=w, dw=dw)
-    config.setdefault("learning_rate", 1e-2)
-    config.setdefault("decay_rate", 0.99)
-    config.setdefault("epsilon", 1e-8)
     decay = config["decay_rate"]
     cache = decay * _state(config, "cache", w, xp) + (1 - decay) * (dw * dw)
     config["cache"] = cache
@@ -76,14 +89,8 @@ def adam(w: Any, dw: Any, config: dict | None = None) -> tuple[Any, dict]:
     Config: learning_rate (1e-3), beta1 (0.9), beta2 (0.999), epsilon (1e-8),
     m and v (zeros like w), t (0).
     """
-    if config is None:
-        config = {}
+    config = fill_defaults("adam", config)
     xp = namespace(w=w, dw=dw)
-    config.setdefault("learning_rate", 1e-3)
-    config.setdefault("beta1", 0.9)
-    config.setdefault("beta2", 0.999)
-    config.setdefault("epsilon", 1e-8)
-    config.setdefault("t", 0)
     beta1, beta2 = config["beta1"], config["beta2"]
     m = beta1 * _state(config, "m", w, xp) + (1 - beta1) * dw
     v = beta2 * _state(config, "v", w, xp) + (1 - beta2) * (dw * dw)
