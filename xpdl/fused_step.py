@@ -99,63 +99,74 @@ class NumpyFusedStep:
     def step(self, X: Any, y: Any) -> Any:
         """One training step on device arrays X (N, D) and y (N,) int64; returns the 0-d loss."""
         net = self.model
-        n = X.shape[0]
-        self._buffers(n)
+        self._buffers(X.shape[0])
         net._set_mode("train")
         p = net.dropout if net.use_dropout else 1.0
-        threshold = keep_threshold(p)
-        dropout = net.use_dropout and threshold < 2**32  # p == 1 keeps everything and draws nothing
-        scale = 1.0 / p if dropout else 1.0
-        L = net.num_layers
+        self.dropout = net.use_dropout and keep_threshold(p) < 2**32  # p == 1 keeps all, draws nothing
+        self.threshold = min(keep_threshold(p), 2**32 - 1)
+        self.scale = 1.0 / p if self.dropout else 1.0
+        scores = self._forward(X)
+        loss, dscores = _softmax_loss(scores, y)
+        reg_sq = self._backward_and_update(X, dscores)
+        if net.reg:
+            loss = loss + 0.5 * net.reg * reg_sq
+        return np.asarray(loss, dtype=net.dtype)
+
+    def _forward(self, X: np.ndarray) -> np.ndarray:
+        """Train-mode forward pass; keeps what backward needs in the buffers; returns the scores (N, C)."""
+        net, params = self.model, self.model.params
         prev = X
-        for i in range(1, L):
-            params = net.params
+        for i in range(1, net.num_layers):
             a, h = self.a[i - 1], self.h[i - 1]
             np.matmul(prev, params[f"W{i}"], out=a)
-            words = net.rng.random_uint32(a.shape, like=a) if dropout else self.no_words
-            keep = self.keep[i - 1] if dropout else self.no_keep
+            words = net.rng.random_uint32(a.shape, like=a) if self.dropout else self.no_words
+            keep = self.keep[i - 1] if self.dropout else self.no_keep
             if net.use_batchnorm:
                 bn = net.bn_params[i - 1]
                 cpu_kernels.bn_relu_dropout_forward(
                     a, params[f"b{i}"], params[f"gamma{i}"], params[f"beta{i}"], bn["running_mean"],
                     bn["running_var"], float(bn.get("momentum", 0.9)), float(bn.get("eps", 1e-5)),
-                    words, min(threshold, 2**32 - 1), scale, self.xhat[i - 1], h, keep, self.inv_std[i - 1])
+                    words, self.threshold, self.scale, self.xhat[i - 1], h, keep, self.inv_std[i - 1])
             else:
-                cpu_kernels.bias_relu_dropout_forward(a, params[f"b{i}"], words, min(threshold, 2**32 - 1), scale, h,
-                                                      keep)
+                cpu_kernels.bias_relu_dropout_forward(a, params[f"b{i}"], words, self.threshold, self.scale, h, keep)
             prev = h
-        scores = np.matmul(prev, net.params[f"W{L}"], out=self.scores)
-        scores += net.params[f"b{L}"]
-        loss, dscores = _softmax_loss(scores, y)
+        L = net.num_layers
+        scores = np.matmul(prev, params[f"W{L}"], out=self.scores)
+        scores += params[f"b{L}"]
+        return scores
 
-        g = self.grads
+    def _backward_and_update(self, X: np.ndarray, dscores: np.ndarray) -> float:
+        """Backward pass from ``dscores`` (N, C); each layer is updated as soon as its gradients exist.
+
+        A layer's weights are updated only after they have served for the input
+        gradient, while its fresh gradients are still in cache. Returns ``sum(W**2)``
+        of the weights before the update (for the regularization loss).
+        """
+        net, params, g = self.model, self.model.params, self.grads
+        L = net.num_layers
+        prev = self.h[L - 2] if L > 1 else X
         np.matmul(prev.T, dscores, out=g[f"W{L}"])
         np.sum(dscores, axis=0, out=g[f"b{L}"])
         dh = self.dh[L - 2] if L > 1 else None
         if L > 1:
-            np.matmul(dscores, net.params[f"W{L}"].T, out=dh)
-        # each layer is updated as soon as its gradients exist (and its weights have been used
-        # for the input gradient), while the fresh gradients are still in cache
+            np.matmul(dscores, params[f"W{L}"].T, out=dh)
         reg_sq = self.update((f"W{L}", f"b{L}"))
         for i in range(L - 1, 0, -1):
             da = self.a[i - 1]  # the affine output is not needed any more: reuse it for its gradient
-            keep = self.keep[i - 1] if dropout else self.no_keep
+            keep = self.keep[i - 1] if self.dropout else self.no_keep
             if net.use_batchnorm:
-                cpu_kernels.bn_relu_dropout_backward(dh, self.h[i - 1], self.xhat[i - 1], net.params[f"gamma{i}"],
-                                                     self.inv_std[i - 1], keep, scale, da, g[f"gamma{i}"],
+                cpu_kernels.bn_relu_dropout_backward(dh, self.h[i - 1], self.xhat[i - 1], params[f"gamma{i}"],
+                                                     self.inv_std[i - 1], keep, self.scale, da, g[f"gamma{i}"],
                                                      g[f"beta{i}"], g[f"b{i}"])
             else:
-                cpu_kernels.relu_dropout_backward(dh, self.h[i - 1], keep, scale, da, g[f"b{i}"])
-            prev_h = self.h[i - 2] if i > 1 else X
-            np.matmul(prev_h.T, da, out=g[f"W{i}"])
+                cpu_kernels.relu_dropout_backward(dh, self.h[i - 1], keep, self.scale, da, g[f"b{i}"])
+            np.matmul((self.h[i - 2] if i > 1 else X).T, da, out=g[f"W{i}"])
             if i > 1:  # the first layer's input gradient is never needed
                 dh = self.dh[i - 2]
-                np.matmul(da, net.params[f"W{i}"].T, out=dh)
+                np.matmul(da, params[f"W{i}"].T, out=dh)
             names = (f"W{i}", f"b{i}", f"gamma{i}", f"beta{i}") if net.use_batchnorm else (f"W{i}", f"b{i}")
             reg_sq += self.update(names)
-        if net.reg:
-            loss = loss + 0.5 * net.reg * reg_sq
-        return np.asarray(loss, dtype=net.dtype)
+        return reg_sq
 
     def update(self, names: tuple[str, ...]) -> float:
         """Apply the update rule to the parameters ``names`` in place; returns ``sum(W**2)`` over their weights."""
