@@ -535,11 +535,18 @@ def run_config(name: str, xpdl: ModuleType, be: Any, torch: ModuleType | None, t
             "steps_per_block": c.inner if c.samples else None,
             "na": c.na or None,
         }
+    res["ratios"] = {c.name: paired_ratio(contenders[0], c) for c in contenders[1:]}
     return res
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
+def paired_ratio(a: Contender, b: Contender) -> float | None:
+    """Median over rounds of ``a``'s time / ``b``'s time in the same round.
+
+    Rounds alternate the contenders, so pairing them cancels the slow drifts of a
+    shared, noisy machine that a ratio of two medians would keep.
+    """
+    pairs = [x / y for x, y in zip(a.samples, b.samples) if y]
+    return statistics.median(pairs) if pairs else None
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -557,8 +564,8 @@ def format_table(results: list[dict[str, Any]]) -> str:
         rows.append([
             r["config"], str(r["batch"]),
             _fmt(x, ".2f"), _fmt(ms["torch"], ".2f"), _fmt(ms["torch-fused"], ".2f"), _fmt(ms["floor"], ".2f"),
-            _fmt(_ratio(x, ms["torch"]), ".2f"), _fmt(_ratio(x, ms["torch-fused"]), ".2f"),
-            _fmt(_ratio(x, ms["floor"]), ".2f"),
+            _fmt(r["ratios"]["torch"], ".2f"), _fmt(r["ratios"]["torch-fused"], ".2f"),
+            _fmt(r["ratios"]["floor"], ".2f"),
             _fmt(r["batch"] / (x / 1e3) if x else None, ",.0f"),
         ])
         for k, v in r["contenders"].items():
@@ -567,6 +574,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
         if ms["floor"]:
             notes.append(f"  {r['config']}: floor = {r['floor_gflop']:.2f} GFLOP/step"
                          f" = {r['floor_gflop'] / ms['floor'] * 1e3:.0f} GFLOP/s")
+    notes.append("  ms: medians over rounds; x/...: medians of the per-round ratios (paired)")
     widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -598,7 +606,7 @@ def format_sweep(rows: list[dict[str, Any]]) -> str:
              "-----   -----------  ------------  ----------"]
     for r in rows:
         lines.append(f"{r['batch']:5d}   {_fmt(r['xpdl'], '.2f'):>11}  {_fmt(r['torch'], '.2f'):>12}"
-                     f"  {_fmt(_ratio(r['xpdl'], r['torch']), '.2f'):>10}")
+                     f"  {_fmt(r['xpdl'] / r['torch'] if r['xpdl'] and r['torch'] else None, '.2f'):>10}")
     na = {f"{k[:-3]} n/a: {r[k]}" for r in rows for k in ("xpdl_na", "torch_na") if r.get(k)}
     return "\n".join(lines + [f"  {n}" for n in sorted(na)])
 

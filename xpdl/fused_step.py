@@ -175,22 +175,28 @@ class NumpyFusedStep:
         for p in names:
             w = net.params[p]
             config = prepare_config(self.rule, trainer.updater_configs[p], w)
-            reg = net.reg if p.startswith("W") else 0.0
+            scalar = w.dtype.type  # hyperparameters in the parameter's dtype, as the reference computes
             wf, gf = w.reshape(-1), self.grads[p].reshape(-1)
+            if net.reg and p.startswith("W"):  # L2 on weights: loss term from the old weights, then g += reg * w
+                total += float(np.dot(wf, wf))
+                gf += scalar(net.reg) * wf
             lr = float(config["learning_rate"])
             if self.rule == "adam":
                 config["t"] += 1
-                total += cpu_kernels.adam_update(wf, gf, config["m"].reshape(-1), config["v"].reshape(-1), lr,
-                                                 float(config["beta1"]), float(config["beta2"]),
-                                                 float(config["epsilon"]), int(config["t"]), reg)
+                t, b1, b2 = int(config["t"]), float(config["beta1"]), float(config["beta2"])
+                cpu_kernels.adam_update(
+                    wf, gf, config["m"].reshape(-1), config["v"].reshape(-1), scalar(lr / (1.0 - b1**t)),
+                    scalar(b1), scalar(1.0 - b1), scalar(b2), scalar(1.0 - b2), scalar(config["epsilon"]),
+                    scalar(1.0 / (1.0 - b2**t)))
             elif self.rule == "sgd":
-                total += cpu_kernels.sgd_update(wf, gf, lr, reg)
+                cpu_kernels.sgd_update(wf, gf, scalar(lr))
             elif self.rule == "sgd_momentum":
-                total += cpu_kernels.momentum_update(wf, gf, config["velocity"].reshape(-1), lr,
-                                                     float(config["momentum"]), reg)
+                cpu_kernels.momentum_update(wf, gf, config["velocity"].reshape(-1), scalar(lr),
+                                            scalar(config["momentum"]))
             else:
-                total += cpu_kernels.rmsprop_update(wf, gf, config["cache"].reshape(-1), lr,
-                                                    float(config["decay_rate"]), float(config["epsilon"]), reg)
+                decay = float(config["decay_rate"])
+                cpu_kernels.rmsprop_update(wf, gf, config["cache"].reshape(-1), scalar(lr), scalar(decay),
+                                           scalar(1.0 - decay), scalar(config["epsilon"]))
         return total
 
 
