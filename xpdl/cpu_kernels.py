@@ -34,6 +34,18 @@ except ImportError:  # the reference xp path is used instead
 _JIT = {"cache": True, "nogil": True, "fastmath": False, "error_model": "numpy"}
 
 
+@njit(inline="always")
+def _relu_dropout(y, i, j, dropout, words, threshold, scale, keep):
+    """ReLU, then inverted dropout, of one pre-activation ``y`` at (i, j); records the keep bit."""
+    if y < 0:
+        y = 0.0
+    if dropout:
+        k = words[i, j] < threshold
+        keep[i, j] = k
+        y = y * scale if k else 0.0
+    return y
+
+
 @njit(**_JIT)
 def bn_relu_dropout_forward(a, b, gamma, beta, running_mean, running_var, momentum, eps,
                             words, threshold, scale, xhat, h, keep, inv_std):
@@ -68,14 +80,7 @@ def bn_relu_dropout_forward(a, b, gamma, beta, running_mean, running_var, moment
         for j in range(d):
             xh = (a[i, j] - mean[j]) * inv_std[j]
             xhat[i, j] = xh
-            y = gamma[j] * xh + beta[j]
-            if y < 0:
-                y = 0.0
-            if dropout:
-                k = words[i, j] < threshold
-                keep[i, j] = k
-                y = y * scale if k else 0.0
-            h[i, j] = y
+            h[i, j] = _relu_dropout(gamma[j] * xh + beta[j], i, j, dropout, words, threshold, scale, keep)
 
 
 @njit(**_JIT)
@@ -119,14 +124,7 @@ def bias_relu_dropout_forward(a, b, words, threshold, scale, h, keep):
     dropout = words.shape[0] > 0
     for i in range(n):
         for j in range(d):
-            y = a[i, j] + b[j]
-            if y < 0:
-                y = 0.0
-            if dropout:
-                k = words[i, j] < threshold
-                keep[i, j] = k
-                y = y * scale if k else 0.0
-            h[i, j] = y
+            h[i, j] = _relu_dropout(a[i, j] + b[j], i, j, dropout, words, threshold, scale, keep)
 
 
 @njit(**_JIT)
