@@ -14,6 +14,8 @@ from typing import Any
 
 from xpdl.rng import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
 
+# ``i`` (the element index, here: the block), ``n`` and names starting with ``_`` are
+# reserved by ElementwiseKernel.
 _PHILOX_BODY = f"""
 unsigned long long c0 = ctr0 + 1ull + (unsigned long long)i;
 unsigned long long carry = (c0 < ctr0) ? 1ull : 0ull;
@@ -37,7 +39,7 @@ unsigned long long w[4] = {{c0, c1, c2, c3}};
 long long base = (long long)i * 8;
 for (int k = 0; k < 8; ++k) {{
     long long j = base + k;
-    if (j < n) out[j] = (unsigned int)((k & 1) ? (w[k >> 1] >> 32) : (w[k >> 1] & 0xFFFFFFFFull));
+    if (j < count) out[j] = (unsigned int)((k & 1) ? (w[k >> 1] >> 32) : (w[k >> 1] & 0xFFFFFFFFull));
 }}
 """
 
@@ -47,7 +49,7 @@ def _philox_kernel() -> Any:
     import cupy
 
     return cupy.ElementwiseKernel(
-        "uint64 ctr0, uint64 ctr1, uint64 ctr2, uint64 ctr3, uint64 key0, uint64 key1, int64 n",
+        "uint64 ctr0, uint64 ctr1, uint64 ctr2, uint64 ctr3, uint64 key0, uint64 key1, int64 count",
         "raw uint32 out",
         _PHILOX_BODY,
         "xpdl_philox4x64_10_uint32",
