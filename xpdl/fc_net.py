@@ -113,7 +113,11 @@ class FullyConnectedNet:
         return X
 
     def as_labels(self, y: Any, n: int, check_range: bool = True) -> Any:
-        """``y`` (n,) integer labels in [0, num_classes) as an int64 array of the net's backend."""
+        """``y`` (n,) integer labels in [0, num_classes) as an int64 array of the net's backend.
+
+        The range of host labels is always checked (on the host); ``check_range=False``
+        skips the check of labels already on the device, which would wait for a GPU.
+        """
         if isinstance(y, (list, tuple)):
             y = np.asarray(y)
         if not hasattr(y, "shape") or not hasattr(y, "dtype"):
@@ -122,15 +126,24 @@ class FullyConnectedNet:
             raise TypeError(f"y: expected integer class labels, got dtype {dtype_name(y.dtype)}")
         if tuple(y.shape) != (n,):
             raise ValueError(f"y: expected shape ({n},) to match X's {n} samples, got {tuple(y.shape)}")
+        on_host = isinstance(y, np.ndarray)
+        if on_host:
+            self._check_label_range(y, n)
         y = self._to_device(y, "y")
+        if check_range and not on_host:
+            self._check_label_range(y, n)
         xp = self.backend.xp
         if dtype_name(y.dtype) != "int64":
             y = xp.astype(y, xp.int64)
-        if check_range and n:
-            lo, hi = int(xp.min(y)), int(xp.max(y))
-            if lo < 0 or hi >= self.num_classes:
-                raise ValueError(f"y: expected labels in [0, {self.num_classes}), got values in [{lo}, {hi}]")
         return y
+
+    def _check_label_range(self, y: Any, n: int) -> None:
+        if not n:
+            return
+        xp = np if isinstance(y, np.ndarray) else self.backend.xp
+        lo, hi = int(xp.min(y)), int(xp.max(y))
+        if lo < 0 or hi >= self.num_classes:
+            raise ValueError(f"y: expected labels in [0, {self.num_classes}), got values in [{lo}, {hi}]")
 
     def _to_device(self, arr: Any, name: str) -> Any:
         """``arr`` on the net's device: host NumPy arrays are copied; other backends' arrays are refused."""
