@@ -143,3 +143,14 @@ def test_state_round_trip_continues_exactly(backend):
     assert resumed.val_acc_history == whole.val_acc_history
     for k in whole.model.params:
         assert_close(resumed.model.params[k], whole.model.params[k], rtol=1e-10, atol=1e-14)
+
+
+def test_a_loss_that_diverges_at_once_leaves_the_starting_parameters(backend):
+    tr = make(backend, net_kw={"use_batchnorm": False, "dropout": 0, "weight_scale": 1e200}, update_rule="sgd",
+              updater_config={"learning_rate": 1e30}, num_epochs=1)
+    before = {k: host(v).copy() for k, v in tr.model.params.items()}
+    with pytest.raises(FloatingPointError, match="iteration 1 .*parameters training started from"):
+        with np.errstate(all="ignore"):
+            tr.train()
+    for k, v in before.items():
+        assert np.array_equal(host(tr.model.params[k]), v)

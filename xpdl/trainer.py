@@ -197,7 +197,7 @@ class Trainer:
                 raise FloatingPointError(
                     f"loss became {value} at iteration {t + 1} (epoch {t // self.iterations_per_epoch + 1}); "
                     f"training stopped and the model holds the best parameters seen so far "
-                    f"(validation accuracy {max(self.best_val_acc, 0.0):.4f}); try a smaller learning rate")
+                    f"({self._best_description()}); try a smaller learning rate")
             self.loss_history.append(value)
 
     # ------------------------------------------------------------ accuracy
@@ -287,12 +287,22 @@ class Trainer:
         if val_acc > self.best_val_acc:
             self.best_val_acc = val_acc
             self.best_state = self.model.snapshot()
+            self._start_state = None
             self.best_params = {k: self.best_state[k] for k in self.model.params}
 
     def restore_best(self) -> None:
-        """Load the best params and batch-norm statistics seen so far into the model (if any)."""
+        """Load the best params and batch-norm statistics seen so far into the model.
+
+        Before the first accuracy check, that is the state :meth:`train` started from.
+        """
+        best = self.best_state or getattr(self, "_start_state", None)
+        if best:
+            self.model.load_state_arrays(best)
+
+    def _best_description(self) -> str:
         if self.best_state:
-            self.model.load_state_arrays(self.best_state)
+            return f"validation accuracy {self.best_val_acc:.4f}"
+        return "no accuracy check had run yet: the parameters training started from"
 
     def current_learning_rate(self) -> float | None:
         """The learning rate the next step will use (None before the rule set its default)."""
@@ -320,6 +330,7 @@ class Trainer:
         """
         total = self.num_iterations
         start = time.perf_counter() - self.train_seconds
+        self._start_state = None if self.best_state else self.model.snapshot()
         if self.t == 0 and not self.val_acc_history and total == 0:
             self._epoch_checks(epoch_end=False)
         while self.t < total:
