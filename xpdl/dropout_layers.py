@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xpdl.arrays import check_mode, device, namespace
+from xpdl.arrays import check_mode, namespace
 from xpdl.layers import affine_backward, affine_forward, relu_backward, relu_forward
 from xpdl.rng import Generator, keep_threshold
 
@@ -48,7 +48,7 @@ def dropout_mask(x: Any, p: float, rng: Generator) -> Any:
     if threshold >= 2**32:
         return xp.ones_like(x) * (1.0 / p)
     words = rng.random_uint32(tuple(x.shape), like=x)
-    keep = words < xp.asarray(threshold, dtype=xp.uint32, device=device(words))
+    keep = words < threshold  # a Python int: no host-to-device copy, which would wait for the GPU
     return xp.astype(keep, x.dtype) * (1.0 / p)
 
 
