@@ -58,8 +58,8 @@ def xpdl_process(*argv: str, cwd: Path) -> subprocess.Popen:
 def kill(proc: subprocess.Popen) -> None:
     """SIGKILL ``proc`` and check it really was killed mid-run (not finished already)."""
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed: {proc.stderr.read()}"
+    _, err = proc.communicate(timeout=30)  # reads and closes the pipes
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed: {err}"
 
 
 def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:

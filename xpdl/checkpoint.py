@@ -172,20 +172,19 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _read_entries(path: Path) -> dict[str, np.ndarray]:
-    """Every entry of the archive as an in-memory array (never unpickling)."""
+    """Every entry of the archive as an in-memory array (never unpickling); the file is closed after."""
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        archive = np.load(path, allow_pickle=False)
+        with open(path, "rb") as f:
+            archive = np.load(f, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise CheckpointError(f"{path}: not an xpdl checkpoint (a single .npy array, not an .npz archive)")
+            with archive:
+                return {name: archive[name] for name in archive.files}
+    except CheckpointError:
+        raise
     except Exception as exc:  # zipfile, zlib and the .npy reader raise many kinds
-        raise CheckpointError(f"{path}: cannot be read as an .npz archive (truncated or corrupted?): "
-                              f"{type(exc).__name__}: {exc}") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise CheckpointError(f"{path}: not an xpdl checkpoint (a single .npy array, not an .npz archive)")
-    try:
-        with archive:
-            return {name: archive[name] for name in archive.files}
-    except Exception as exc:
         raise CheckpointError(f"{path}: cannot be read as an .npz archive (truncated or corrupted?): "
                               f"{type(exc).__name__}: {exc}") from None
 
