@@ -12,7 +12,7 @@ from typing import Any
 import array_api_compat
 from array_api_compat import device, is_array_api_obj
 
-__all__ = ["as_float", "check_mode", "device", "is_array_api_obj", "namespace"]
+__all__ = ["check_mode", "device", "is_array_api_obj", "namespace"]
 
 
 def namespace(**arrays: Any) -> Any:
@@ -38,11 +38,6 @@ def namespace(**arrays: Any) -> Any:
             raise ValueError(f"{k} is on device {device(a)!r} but {first_name} is on {first_dev!r}: "
                              "move them to one device first")
     return xp
-
-
-def as_float(value: Any) -> float:
-    """A Python float from a 0-d array of any backend (synchronizes a GPU)."""
-    return float(value)
 
 
 def check_mode(mode: Any, where: str) -> str:

@@ -32,8 +32,6 @@ from xpdl.arrays import namespace
 from xpdl.rng import keep_threshold
 from xpdl.updater import STATE_KEYS, UPDATE_RULES, fill_defaults
 
-FUSED_RULES = UPDATE_RULES
-
 
 def make_step(trainer: Any) -> Any:
     """The fused step for ``trainer`` (an object with ``step(X, y) -> loss``), or None for the reference path."""
@@ -42,7 +40,7 @@ def make_step(trainer: Any) -> Any:
     if os.environ.get("XPDL_FUSED", "1") == "0":
         return None
     model = trainer.model
-    if type(model) is not FullyConnectedNet or trainer.update_rule_name not in FUSED_RULES:
+    if type(model) is not FullyConnectedNet or trainer.update_rule_name not in UPDATE_RULES:
         return None
     if model.backend.name == "numpy" and cpu_kernels.AVAILABLE:
         return NumpyFusedStep(trainer)
