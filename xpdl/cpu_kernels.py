@@ -46,6 +46,15 @@ def _relu_dropout(y, i, j, dropout, words, threshold, scale, keep):
     return y
 
 
+@njit(inline="always")
+def _relu_dropout_grad(dh, h, dropout, scale):
+    """Gradient through :func:`_relu_dropout`: ``dh`` passes (scaled by 1/p) exactly where ``h > 0``."""
+    g = dh if h > 0 else 0.0
+    if dropout:
+        g = g * scale
+    return g
+
+
 @njit(**_JIT)
 def bn_relu_dropout_forward(a, b, gamma, beta, running_mean, running_var, momentum, eps,
                             words, threshold, scale, xhat, h, keep, inv_std):
@@ -100,9 +109,7 @@ def bn_relu_dropout_backward(dh, h, xhat, gamma, inv_std, keep, scale, da, dgamm
     sum_dx = np.zeros(m, np.float64)
     for i in range(n):
         for j in range(m):
-            g = dh[i, j] if h[i, j] > 0 else 0.0
-            if dropout:
-                g = g * scale
+            g = _relu_dropout_grad(dh[i, j], h[i, j], dropout, scale)
             da[i, j] = g
             sum_d[j] += g
             sum_dx[j] += g * xhat[i, j]
@@ -135,9 +142,7 @@ def relu_dropout_backward(dh, h, keep, scale, da, db):
     col = np.zeros(m, np.float64)
     for i in range(n):
         for j in range(m):
-            g = dh[i, j] if h[i, j] > 0 else 0.0
-            if dropout:
-                g = g * scale
+            g = _relu_dropout_grad(dh[i, j], h[i, j], dropout, scale)
             da[i, j] = g
             col[j] += g
     for j in range(m):
