@@ -20,6 +20,7 @@ from xpdl.layers import affine_backward, affine_forward, affine_param_grads, rel
 from xpdl.rng import Generator
 
 FLOAT_DTYPES = ("float32", "float64")
+NORMALIZATIONS = (None, "batchnorm", "layernorm")
 
 
 class FullyConnectedNet:
@@ -47,22 +48,15 @@ class FullyConnectedNet:
     def __init__(self, input_dim: int = 3 * 32 * 32, hidden_dims: list[int] | tuple[int, ...] = (100,),
                  num_classes: int = 10, dropout: float = 0, use_batchnorm: bool = False, reg: float = 0.0,
                  weight_scale: float = 1e-2, seed: int | None = None, dtype: str = "float32",
-                 backend: str | Backend | None = None) -> None:
-        input_dim = _positive_int(input_dim, "input_dim")
-        num_classes = _positive_int(num_classes, "num_classes")
-        if isinstance(hidden_dims, (int, str)) or not hasattr(hidden_dims, "__iter__"):
-            raise TypeError(f"hidden_dims: expected a list of positive ints, got {hidden_dims!r}")
-        hidden_dims = [_positive_int(h, "hidden_dims[]") for h in hidden_dims]
-        if dropout != 0:
-            check_keep_probability(dropout)
-        if float(reg) < 0:
-            raise ValueError(f"reg: expected >= 0, got {reg}")
-        dtype = dtype_name(dtype) if not isinstance(dtype, str) else dtype
-        if dtype not in FLOAT_DTYPES:
-            raise ValueError(f"dtype: expected one of {FLOAT_DTYPES}, got {dtype!r}")
-
+                 backend: str | Backend | None = None, normalization: str | None = None) -> None:
+        cfg = check_config(input_dim=input_dim, hidden_dims=hidden_dims, num_classes=num_classes, dropout=dropout,
+                           use_batchnorm=use_batchnorm, normalization=normalization, reg=reg,
+                           weight_scale=weight_scale, dtype=dtype)
+        input_dim, hidden_dims, num_classes = cfg["input_dim"], cfg["hidden_dims"], cfg["num_classes"]
+        dropout, reg, weight_scale, dtype = cfg["dropout"], cfg["reg"], cfg["weight_scale"], cfg["dtype"]
+        self.normalization = cfg["normalization"]
         self.input_dim, self.hidden_dims, self.num_classes = input_dim, hidden_dims, num_classes
-        self.use_batchnorm = bool(use_batchnorm)
+        self.use_batchnorm = self.normalization == "batchnorm"
         self.use_dropout = dropout > 0
         self.dropout = float(dropout)
         self.reg = float(reg)
@@ -78,7 +72,7 @@ class FullyConnectedNet:
         for i in range(self.num_layers):
             host[f"W{i + 1}"] = (weight_scale * self.rng.standard_normal((dims[i], dims[i + 1]))).astype(dtype)
             host[f"b{i + 1}"] = np.zeros(dims[i + 1], dtype=dtype)
-            if self.use_batchnorm and i < len(hidden_dims):
+            if self.normalization and i < len(hidden_dims):
                 host[f"gamma{i + 1}"] = np.ones(dims[i + 1], dtype=dtype)
                 host[f"beta{i + 1}"] = np.zeros(dims[i + 1], dtype=dtype)
         self.params = {k: self.backend.asarray(v) for k, v in host.items()}
@@ -297,8 +291,79 @@ class FullyConnectedNet:
         """The constructor arguments that rebuild this architecture (JSON-serializable)."""
         return {"input_dim": self.input_dim, "hidden_dims": list(self.hidden_dims),
                 "num_classes": self.num_classes, "dropout": self.dropout,
-                "use_batchnorm": self.use_batchnorm, "reg": self.reg,
+                "normalization": self.normalization, "reg": self.reg,
                 "weight_scale": self.weight_scale, "dtype": self.dtype}
+
+
+def check_config(input_dim: Any = 3 * 32 * 32, hidden_dims: Any = (100,), num_classes: Any = 10, dropout: Any = 0,
+                 use_batchnorm: Any = False, normalization: Any = None, reg: Any = 0.0, weight_scale: Any = 1e-2,
+                 dtype: Any = "float32") -> dict[str, Any]:
+    """The architecture arguments of :class:`FullyConnectedNet`, checked and normalized; nothing is allocated.
+
+    Returns the dict :meth:`FullyConnectedNet.config` returns. ``use_batchnorm=True``
+    is the seed's spelling of ``normalization="batchnorm"``. Raises TypeError or
+    ValueError naming the argument, what was expected and what came.
+    """
+    input_dim = _positive_int(input_dim, "input_dim")
+    num_classes = _positive_int(num_classes, "num_classes")
+    if isinstance(hidden_dims, (int, str, bytes, dict)) or not hasattr(hidden_dims, "__iter__"):
+        raise TypeError(f"hidden_dims: expected a list of positive ints, got {hidden_dims!r}")
+    hidden_dims = [_positive_int(h, "hidden_dims[]") for h in hidden_dims]
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization: expected one of {NORMALIZATIONS}, got {normalization!r}")
+    if not isinstance(use_batchnorm, (bool, np.bool_)):
+        raise TypeError(f"use_batchnorm: expected True or False, got {use_batchnorm!r}")
+    if use_batchnorm:
+        if normalization not in (None, "batchnorm"):
+            raise ValueError(f"use_batchnorm=True contradicts normalization={normalization!r}")
+        normalization = "batchnorm"
+    dropout = 0.0 if _real(dropout, "dropout") == 0 else check_keep_probability(dropout)
+    reg = _real(reg, "reg")
+    if reg < 0:
+        raise ValueError(f"reg: expected a finite number >= 0, got {reg}")
+    weight_scale = _real(weight_scale, "weight_scale")
+    if weight_scale <= 0:
+        raise ValueError(f"weight_scale: expected a finite number > 0, got {weight_scale}")
+    if not isinstance(dtype, str):
+        try:
+            dtype = dtype_name(dtype)
+        except TypeError:
+            pass
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(f"dtype: expected one of {FLOAT_DTYPES}, got {dtype!r}")
+    return {"input_dim": input_dim, "hidden_dims": hidden_dims, "num_classes": num_classes,
+            "dropout": float(dropout), "normalization": normalization, "reg": reg,
+            "weight_scale": weight_scale, "dtype": dtype}
+
+
+def state_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The shape of every array of :meth:`FullyConnectedNet.state_arrays` for ``config``, allocating nothing.
+
+    ``config`` holds :func:`check_config` arguments (a saved :meth:`FullyConnectedNet.config`);
+    unknown keys raise TypeError.
+    """
+    cfg = check_config(**config)
+    dims = [cfg["input_dim"], *cfg["hidden_dims"], cfg["num_classes"]]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i in range(1, len(dims)):
+        shapes[f"W{i}"] = (dims[i - 1], dims[i])
+        shapes[f"b{i}"] = (dims[i],)
+        if cfg["normalization"] and i < len(dims) - 1:
+            shapes[f"gamma{i}"] = shapes[f"beta{i}"] = (dims[i],)
+    if cfg["normalization"] == "batchnorm":
+        for i in range(1, len(dims) - 1):
+            shapes[f"bn{i}.running_mean"] = shapes[f"bn{i}.running_var"] = (dims[i],)
+    return shapes
+
+
+def _real(value: Any, name: str) -> float:
+    """``value`` as a finite float; TypeError for non-numbers, ValueError for NaN or infinity."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value}")
+    return value
 
 
 def _positive_int(value: Any, name: str) -> int:
