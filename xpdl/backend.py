@@ -134,8 +134,8 @@ class Backend:
 def dtype_name(dtype: Any) -> str:
     """The standard name (``"float32"``) of a dtype of any namespace."""
     text = str(dtype)
-    for name in ("float64", "float32", "float16", "int64", "int32", "int16", "int8",
-                 "uint64", "uint32", "uint16", "uint8", "bool"):
+    for name in ("float64", "float32", "float16", "uint64", "uint32", "uint16", "uint8",
+                 "int64", "int32", "int16", "int8", "bool"):
         if text.endswith(name) or text == f"<class 'numpy.{name}'>" or text.endswith(f"{name}'>"):
             return name
     try:
@@ -258,6 +258,43 @@ _CACHE: dict[str, Backend] = {}
 _ANNOUNCED: set[str] = set()
 
 
+ENV_VARIABLE = "XPDL_BACKEND"
+
+
+def default_backend_name() -> str:
+    """The backend name ``XPDL_BACKEND`` asks for (checked), else ``"auto"``.
+
+    Raises:
+        ValueError: the variable holds no known backend name; the message names the variable.
+    """
+    text = os.environ.get(ENV_VARIABLE, "").strip()
+    if not text:
+        return "auto"
+    return parse_backend_name(text, source=ENV_VARIABLE)
+
+
+def parse_backend_name(name: Any, source: str = "backend") -> str:
+    """The canonical form of a backend name (``"numpy"``, ``"cupy:1"``, ...); the one parser of names.
+
+    ``source`` names where the name came from in the error (``"backend"``, ``"--backend"``,
+    ``"XPDL_BACKEND"``).
+
+    Raises:
+        TypeError: ``name`` is not a string.
+        ValueError: not one of :data:`BACKEND_NAMES` (``cupy:N`` with an integer N >= 0).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"{source}: expected a backend name {BACKEND_NAMES} or a Backend, got {type(name).__name__}")
+    key = name.strip().lower()
+    if key in ("auto", "numpy", "cupy", "array_api_strict"):
+        return key
+    if key.startswith("cupy:"):
+        digits = key.split(":", 1)[1]
+        if digits.isdigit():
+            return f"cupy:{int(digits)}"
+    raise ValueError(f"{source}: expected one of {', '.join(BACKEND_NAMES)} (N an integer >= 0), got {name!r}")
+
+
 def get_backend(name: str | Backend | None = None) -> Backend:
     """The :class:`Backend` for ``name`` (see the module docstring); cached per name.
 
@@ -265,11 +302,7 @@ def get_backend(name: str | Backend | None = None) -> Backend:
     """
     if isinstance(name, Backend):
         return name
-    if name is None:
-        name = os.environ.get("XPDL_BACKEND", "auto") or "auto"
-    if not isinstance(name, str):
-        raise TypeError(f"backend: expected a name {BACKEND_NAMES} or a Backend, got {type(name).__name__}")
-    key = name.strip().lower()
+    key = default_backend_name() if name is None else parse_backend_name(name)
     if key not in _CACHE:
         _CACHE[key] = _make_backend(key)
     return _CACHE[key]
@@ -280,23 +313,9 @@ def _make_backend(key: str) -> Backend:
         return numpy_backend()
     if key == "array_api_strict":
         return strict_backend()
-    if key == "cupy" or key.startswith("cupy:"):
-        return cupy_backend(_device_id(key))
     if key == "auto":
         return _auto_backend()
-    raise ValueError(f"backend: expected one of {BACKEND_NAMES}, got {key!r}")
-
-
-def _device_id(key: str) -> int:
-    if key == "cupy":
-        return 0
-    try:
-        device_id = int(key.split(":", 1)[1])
-    except ValueError:
-        raise ValueError(f"backend: expected 'cupy:N' with an integer N >= 0, got {key!r}") from None
-    if device_id < 0:
-        raise ValueError(f"backend: expected 'cupy:N' with N >= 0, got {key!r}")
-    return device_id
+    return cupy_backend(0 if key == "cupy" else int(key.split(":", 1)[1]))
 
 
 def _auto_backend() -> Backend:
