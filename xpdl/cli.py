@@ -29,7 +29,6 @@ from xpdl.backend import Backend, BackendUnavailable, available_backends, descri
 from xpdl.checkpoint import CheckpointError, build_model, load_checkpoint, remove_stale_temporaries, restore_trainer
 from xpdl.datasets import DATASETS, DatasetError, apply_preprocessing, load_dataset, load_raw
 from xpdl.fc_net import FullyConnectedNet
-
 from xpdl.history import BEST_FILE, CHECKPOINT_FILE, RunRecorder
 from xpdl.progress import Progress, choose_mode
 from xpdl.trainer import Trainer

@@ -22,7 +22,6 @@ import math
 import numpy as np
 from numba import njit
 
-
 _JIT = {"cache": True, "nogil": True, "fastmath": False, "error_model": "numpy"}
 
 

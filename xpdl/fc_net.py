@@ -16,11 +16,10 @@ run compiled kernels; predictions use the reference versions.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from dataclasses import dataclass
 
 from xpdl.backend import Backend, dtype_name, get_backend, to_numpy
 from xpdl.bn_layers import NORMALIZATIONS as NORMALIZATION_LAYERS

@@ -103,7 +103,8 @@ class NumpyBackend(Backend):
             else:
                 inv_std = _buffer(buffers, "inv_std", (n,), np.float64)
                 k.ln_relu_dropout_forward(a, b, gamma, beta, eps, words, threshold, scale, xhat, h, keep, inv_std)
-        return h, _HiddenCache(layer=layer, x=x, W=W, gamma=gamma, a=a, h=h, xhat=xhat, inv_std=inv_std, keep=keep, scale=scale)
+        return h, _HiddenCache(layer=layer, x=x, W=W, gamma=gamma, a=a, h=h, xhat=xhat, inv_std=inv_std, keep=keep,
+                               scale=scale)
 
     def hidden_backward(self, dh, cache, input_grad=True, buffers=None):
         if not isinstance(cache, _HiddenCache):
