@@ -29,7 +29,8 @@ import numpy as np
 
 from xpdl import updater
 
-HISTORY_LISTS = ("loss_history", "train_acc_history", "val_acc_history", "lr_history", "time_history")
+HISTORY_LISTS = ("loss_history", "train_acc_history", "val_acc_history", "lr_history", "time_history",
+                 "check_iterations")
 
 
 class Trainer:
@@ -42,9 +43,10 @@ class Trainer:
             ``X_val``, ``y_val``.
 
     Optional keyword arguments:
-        update_rule: ``"sgd"`` (default), ``"sgd_momentum"``, ``"rmsprop"``, ``"adam"``
-            (or a function with the signature of those in :mod:`xpdl.updater`).
-        updater_config: hyperparameters of the rule (e.g. ``learning_rate``), copied per parameter.
+        update_rule: ``"sgd"`` (default), ``"sgd_momentum"``, ``"rmsprop"``, ``"adam"``, ``"adamw"``,
+            an :class:`xpdl.updater.UpdateRule`, or a function with the seed's signature.
+        updater_config: hyperparameters of the rule (e.g. ``learning_rate``), copied per parameter;
+            unknown keys and out-of-range values raise ValueError naming the key.
         lr_decay: learning rate multiplier applied after each epoch (default 1.0).
         batch_size: samples per step (default 100).
         num_epochs: epochs to train (default 10).
@@ -56,7 +58,8 @@ class Trainer:
         on_iteration, on_epoch_end: optional callables ``f(trainer)`` run after each
             iteration / after each epoch's accuracy check.
 
-    Unknown keyword arguments raise ValueError.
+    Unknown keyword arguments raise ValueError. ``check_iterations`` records the
+    iteration count at each accuracy check, beside ``train_acc_history`` and ``val_acc_history``.
     """
 
     def __init__(self, model: Any, data: dict, **kwargs: Any) -> None:
@@ -136,6 +139,7 @@ class Trainer:
         self.val_acc_history: list[float] = []
         self.lr_history: list[float] = []
         self.time_history: list[float] = []
+        self.check_iterations: list[int] = []
         self.train_seconds = 0.0
         self._pending_losses: list[tuple[int, Any]] = []
         self.updater_configs = {p: copy.deepcopy(self.updater_config) for p in self.model.params}
@@ -349,6 +353,7 @@ class Trainer:
         self.val_acc_history.append(val_acc)
         self.lr_history.append(self.current_learning_rate())
         self.time_history.append(self.train_seconds)
+        self.check_iterations.append(self.t)
         if self.verbose:
             print(f"(Epoch {self.epoch} / {self.num_epochs}) train acc: {train_acc:f}; val_acc: {val_acc:f}")
         self.record_best(val_acc)
