@@ -30,3 +30,38 @@ def test_module_uses_xp_only(module):
 
 def test_the_check_catches_a_direct_import():
     assert direct_uses("import numpy as np\nx = np.zeros(3)\n") == ["line 1: import", "line 2: uses np"]
+
+
+BACKEND_MODULES = {"backend.py", "numpy_backend.py", "cupy_backend.py", "cuda_kernels.py", "cpu_kernels.py"}
+SETTINGS = ("XPDL_BACKEND", "XPDL_FUSED")
+
+
+def cupy_mentions(source: str) -> list[str]:
+    """Code (not docstrings or comments) that names CuPy or reads a backend setting."""
+    hits = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Name) and "cupy" in node.id.lower() or \
+                isinstance(node, ast.Attribute) and "cupy" in node.attr.lower():
+            hits.append(f"line {node.lineno}: names CuPy")
+        elif isinstance(node, ast.Constant) and node.value in SETTINGS:
+            hits.append(f"line {node.lineno}: reads {node.value}")
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+            if any("cupy" in n or "cuda_kernels" in n or "cpu_kernels" in n for n in names):
+                hits.append(f"line {node.lineno}: imports a backend's kernels")
+    return hits
+
+
+@pytest.mark.parametrize("module", ["fc_net.py", "trainer.py", "rng.py", "checkpoint.py", *XP_MODULES])
+def test_backend_decisions_live_in_the_backend_modules(module):
+    assert module not in BACKEND_MODULES
+    assert cupy_mentions((PACKAGE / module).read_text()) == []
+
+
+def test_import_xpdl_does_not_load_numba_or_cupy():
+    import subprocess
+    import sys
+
+    code = "import sys, xpdl; print(sorted(m for m in ('numba', 'cupy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
