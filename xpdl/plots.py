@@ -37,6 +37,9 @@ from xpdl.atomic import atomic_write
 from xpdl.backend import to_numpy
 from xpdl.history import history_record, load_history
 
+#: Pictures of a run folder: first-layer weights (``xpdl train``) and confusion matrix (``xpdl evaluate --plot``).
+WEIGHTS_FILE = "weights.png"
+CONFUSION_FILE = "confusion.png"
 #: Keys a history document must have to be drawn (see :func:`xpdl.history.history_record`).
 HISTORY_KEYS = ("loss_history", "loss_epochs", "check_epochs", "train_acc_history", "val_acc_history")
 #: Resolution of saved and inline PNGs (dots per inch); figure sizes are in inches.
@@ -74,6 +77,18 @@ def render(fig: matplotlib.figure.Figure, dpi: int = DPI) -> np.ndarray:
     fig.savefig(buf, format="png", dpi=dpi)
     buf.seek(0)
     return (matplotlib.image.imread(buf, format="png") * 255).round().astype(np.uint8)
+
+
+def write_weights(folder: str | os.PathLike[str], net: Any, image_shape: Sequence[int]) -> Path:
+    """Draw :func:`weights` of ``net`` into ``folder/weights.png``; returns the path."""
+    return save(weights(net, image_shape), Path(folder) / WEIGHTS_FILE)
+
+
+def write_confusion(folder: str | os.PathLike[str], y_true: Any, y_pred: Any, class_names: Sequence[str],
+                    title: str = "Confusion matrix") -> Path:
+    """Draw :func:`confusion` into ``folder/confusion.png``, creating ``folder`` if needed; returns the path."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return save(confusion(y_true, y_pred, class_names, title=title), Path(folder) / CONFUSION_FILE)
 
 
 # ---------------------------------------------------------------- history
@@ -371,12 +386,14 @@ def _labels(values: Any, name: str) -> np.ndarray:
     return a
 
 
-def confusion(y_true: Any, y_pred: Any, class_names: Sequence[str] | None = None) -> Figure:
+def confusion(y_true: Any, y_pred: Any, class_names: Sequence[str] | None = None,
+              title: str = "Confusion matrix") -> Figure:
     """The confusion matrix: how often each true class (row) was predicted as each class (column).
 
     Args:
         y_true, y_pred: (N,) integer labels, host or device arrays of any backend.
         class_names: C names (index = label); default ``"0" .. str(max label)``.
+        title: what the title says before the accuracy.
 
     Each cell gives the count (mistakes in bold red); its colour is the count as a
     fraction of the true class (the row), on a square-root scale so that a few
@@ -413,7 +430,7 @@ def confusion(y_true: Any, y_pred: Any, class_names: Sequence[str] | None = None
     ax.set_ylabel("True class")
     correct, n = int(np.trace(counts)), int(counts.sum())
     acc = correct / n if n else 0.0
-    ax.set_title(f"Confusion matrix: accuracy {acc:.4f} ({correct} / {n})")
+    ax.set_title(f"{title}: accuracy {acc:.4f} ({correct} / {n})")
     fig.colorbar(image, ax=ax, shrink=0.8, label="Fraction of the true class (square-root scale)")
     return fig
 
