@@ -114,6 +114,11 @@ def history_data(source: Any) -> dict[str, Any]:
     missing = [k for k in HISTORY_KEYS if k not in doc]
     if missing:
         raise ValueError(f"source: expected a history document with keys {list(HISTORY_KEYS)}, missing {missing}")
+    for key, like, what in (("loss_epochs", "loss_history", "loss"), ("train_acc_history", "check_epochs", "check"),
+                            ("val_acc_history", "check_epochs", "check")):
+        if len(doc[key]) != len(doc[like]):
+            raise ValueError(f"source[{key!r}]: expected one value per {what} ({len(doc[like])}), "
+                             f"got {len(doc[key])}")
     return doc
 
 
