@@ -245,6 +245,7 @@ def test_compare_draws_one_validation_curve_per_run_labelled_by_folder(tmp_path)
     curves = [line for line in acc_ax.get_lines() if line.get_label() in labels]
     assert [list(c.get_ydata()) for c in curves] == [[0.1, 0.7, 0.8], [0.1, 0.9, 0.85]]
     assert [line.get_label() for line in loss_ax.get_lines()] == ["lr-1e-3", "lr-1e-2"]
+    assert [line.get_color() for line in loss_ax.get_lines()] == [c.get_color() for c in curves]
 
 
 def test_compare_says_which_argument_is_wrong():

@@ -488,7 +488,7 @@ def compare(runs: Mapping[str, Any] | Sequence[Any]) -> Figure:
     acc_ax.set_ylabel("Accuracy")
     acc_ax.grid(alpha=0.3)
     acc_ax.legend(loc="lower right")
-    loss_ax.set_title("Training loss (running mean)")
+    loss_ax.set_title("Training loss (running mean; colours as on the left)")
     loss_ax.set_xlabel("Epoch")
     if wants_log_scale(all_losses):
         _log_y(loss_ax)
@@ -496,5 +496,4 @@ def compare(runs: Mapping[str, Any] | Sequence[Any]) -> Figure:
     else:
         loss_ax.set_ylabel("Loss")
     loss_ax.grid(alpha=0.3)
-    loss_ax.legend(loc="upper right")
     return fig
