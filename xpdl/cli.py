@@ -519,7 +519,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_confusion(confusion_matrix(y, pred, net.num_classes), classes[:net.num_classes]))
     if args.plot or args.out:
         from xpdl.plots import write_confusion
-        drawn = write_confusion(args.out or path.parent, y, pred, classes[:net.num_classes], f"{name} test")
+        drawn = write_confusion(args.out or path.parent, y, pred, classes[:net.num_classes], f"{name} test split")
         print(f"confusion matrix drawn into {drawn}")
     return 0
 
