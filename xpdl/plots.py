@@ -435,7 +435,7 @@ def confusion(y_true: Any, y_pred: Any, class_names: Sequence[str] | None = None
     ax.set_ylabel("True class")
     correct, n = int(np.trace(counts)), int(counts.sum())
     acc = correct / n if n else 0.0
-    ax.set_title(f"{title}: accuracy {acc:.4f} ({correct} / {n})")
+    ax.set_title(f"{title}: accuracy {acc:.4f} ({correct} / {n})" if title else f"Accuracy {acc:.4f} ({correct} / {n})")
     fig.colorbar(image, ax=ax, shrink=0.8, label="Fraction of the true class (square-root scale)")
     return fig
 
