@@ -51,7 +51,8 @@ def test_train_writes_a_run_folder(tmp_path, capsys):
     code, out, _ = run_main(capsys, "train", *SMALL, "--out", str(tmp_path / "r"))
     assert code == 0
     folder = tmp_path / "r"
-    assert sorted(p.name for p in folder.iterdir()) == ["best.npz", "checkpoint.npz", "curves.png", "history.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["best.npz", "checkpoint.npz", "curves.png", "history.json",
+                                                         "weights.png"]
     assert (folder / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = json.loads((folder / "history.json").read_text())
     ipe = history["iterations_per_epoch"]

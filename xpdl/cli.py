@@ -201,6 +201,9 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
     p.add_argument("--backend", type=backend_name, metavar="NAME",
                    help="auto, numpy, cupy, cupy:N or array_api_strict (default $XPDL_BACKEND or auto)")
+    p.add_argument("--plot", action="store_true",
+                   help="also draw the confusion matrix into confusion.png in the checkpoint's folder")
+    p.add_argument("--out", metavar="DIR", help="draw confusion.png into DIR instead (implies --plot)")
 
 
 # ---------------------------------------------------------------- settings
@@ -378,6 +381,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if seconds is None:
         return 130
     session.recorder.finish(trainer)
+    from xpdl.plots import write_weights
+    write_weights(session.folder, trainer.model, session.data["image_shape"])
     print(summary(session, trainer.t - t0, seconds))
     return 0
 
@@ -495,6 +500,8 @@ def format_confusion(counts: np.ndarray, classes: list[str]) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``xpdl evaluate``: test accuracy and confusion matrix of a saved model."""
     path = model_file(args.target)
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out}: exists and is not a folder")
     ckpt = load_checkpoint(path)
     backend = open_backend(args.backend or os.environ.get("XPDL_BACKEND") or "auto")
     net = build_model(ckpt, backend)
@@ -509,6 +516,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"test accuracy on {name}: {acc:.4f} ({correct} / {len(y)})")
     print("confusion matrix (rows: true class, columns: predicted class):")
     print(format_confusion(confusion_matrix(y, pred, net.num_classes), classes[:net.num_classes]))
+    if args.plot or args.out:
+        from xpdl.plots import write_confusion
+        drawn = write_confusion(args.out or path.parent, y, pred, classes[:net.num_classes], f"{name} test split")
+        print(f"confusion matrix drawn into {drawn}")
     return 0
 
 

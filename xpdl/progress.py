@@ -1,10 +1,14 @@
-"""Training progress on the console: a tqdm bar per epoch, one line per epoch, or nothing.
+"""Training progress: a tqdm bar per epoch, one line per epoch, or nothing; one bar for a whole run.
 
 :func:`choose_mode` picks ``"bar"`` when the stream is a terminal, ``"lines"``
 when it is a file or a pipe (logs stay readable), ``"quiet"`` on request.
-A :class:`Progress` is called after every iteration (the Trainer's
-``on_iteration``); it reads only host values, so it never waits for the GPU
-except to read the losses at most every ``flush_seconds``.
+A :class:`Progress` (the command line's) is called after every iteration (the
+Trainer's ``on_iteration``); :class:`TrainingBar` is the one bar of
+``Trainer(..., progress=True)``. Both read only host values, so they never wait
+for the GPU except to read the losses at most every ``flush_seconds``.
+
+Bars come from ``tqdm.auto``: a widget in a Jupyter notebook (with ipywidgets
+installed; otherwise tqdm warns once and draws text), a text bar in a terminal.
 """
 
 from __future__ import annotations
@@ -105,7 +109,7 @@ class Progress:
             self.close()
 
     def _open_bar(self, trainer: Any, epoch: int, pos: int) -> None:
-        from tqdm import tqdm
+        from tqdm.auto import tqdm
 
         self.close()
         width = len(str(trainer.num_epochs))
@@ -127,3 +131,55 @@ class Progress:
             self._bar.close()
             self._bar = None
             self._bar_epoch = -1
+
+
+class TrainingBar:
+    """One progress bar over all of a Trainer's iterations, for ``Trainer(..., progress=True)``.
+
+    Made when :meth:`Trainer.train` starts (a resumed trainer starts the bar at
+    ``trainer.t``), called after every iteration, closed at the end. Its postfix
+    shows the epoch, the mean loss of the epoch so far and the latest train /
+    validation accuracy.
+
+    Args:
+        trainer: the :class:`xpdl.Trainer` about to train.
+        flush_seconds: on a GPU, read pending losses for the postfix at most this often.
+    """
+
+    def __init__(self, trainer: Any, flush_seconds: float = 0.5) -> None:
+        from tqdm.auto import tqdm
+
+        self.flush_seconds = flush_seconds
+        self._bar = tqdm(total=trainer.num_iterations, initial=trainer.t, desc="training", unit="it",
+                         mininterval=0.1, leave=True)
+        self._last_flush = self._last_postfix = time.perf_counter()
+
+    def __call__(self, trainer: Any) -> None:
+        if self._bar is None:
+            return
+        self._bar.update(1)
+        now = time.perf_counter()
+        epoch_end = trainer.t % trainer.iterations_per_epoch == 0
+        if epoch_end or now - self._last_postfix > POSTFIX_SECONDS:
+            if epoch_end or now - self._last_flush > self.flush_seconds:
+                trainer.flush_losses()
+                self._last_flush = now
+            self._bar.set_postfix_str(self.postfix(trainer), refresh=epoch_end)
+            self._last_postfix = now
+        if trainer.t >= trainer.num_iterations:
+            self.close()
+
+    @staticmethod
+    def postfix(trainer: Any) -> str:
+        """E.g. ``epoch 3/20, loss 0.1234, train 0.981, val 0.960``."""
+        s = epoch_summary(trainer)
+        epoch = -(-trainer.t // trainer.iterations_per_epoch)
+        parts = [f"epoch {epoch}/{trainer.num_epochs}", _fmt("loss", s["loss"], ".4f"),
+                 _fmt("train", s["train_acc"], ".3f"), _fmt("val", s["val_acc"], ".3f")]
+        return ", ".join(p for p in parts if p)
+
+    def close(self) -> None:
+        """Close the bar (again: a no-op)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from xpdl import updater
+from xpdl.progress import TrainingBar
 
 HISTORY_LISTS = ("loss_history", "train_acc_history", "val_acc_history", "lr_history", "time_history",
                  "check_iterations")
@@ -52,6 +53,8 @@ class Trainer:
         num_epochs: epochs to train (default 10).
         print_every: print the loss every this many iterations (default 10).
         verbose: print progress (default True).
+        progress: show one ``tqdm.auto`` progress bar over the run (a widget in
+            Jupyter) with the epoch, loss and accuracies (default False).
         seed: seeds epoch shuffles and accuracy subsamples (default 0).
         num_train_samples: training samples used for train accuracy (default 1000).
         num_val_samples: validation samples used (default None: all).
@@ -74,6 +77,7 @@ class Trainer:
         self.num_epochs = _count(kwargs.pop("num_epochs", 10), "num_epochs", 0)
         self.print_every = _count(kwargs.pop("print_every", 10), "print_every", 1)
         self.verbose = bool(kwargs.pop("verbose", True))
+        self.progress = bool(kwargs.pop("progress", False))
         self.seed = _count(kwargs.pop("seed", 0), "seed", 0)
         self.num_train_samples = kwargs.pop("num_train_samples", 1000)
         self.num_val_samples = kwargs.pop("num_val_samples", None)
@@ -371,6 +375,7 @@ class Trainer:
         self._start_state = None if self.best_state else self.model.snapshot()
         if self.t == 0 and not self.val_acc_history and total == 0:
             self._epoch_checks(epoch_end=False)
+        bar = TrainingBar(self) if self.progress else None
         while self.t < total:
             self._step()
             self.train_seconds = time.perf_counter() - start
@@ -388,6 +393,10 @@ class Trainer:
                 self._epoch_checks(epoch_end)
             if self.on_iteration is not None:
                 self.on_iteration(self)
+            if bar is not None:
+                bar(self)
+        if bar is not None:
+            bar.close()
         self.flush_losses()
         if not self.best_state:
             self.record_best(self.check_accuracy(self.X_val, self.y_val, num_samples=self.num_val_samples))
