@@ -234,6 +234,8 @@ def _unreadable(path: Path, exc: Exception) -> str:
         start = f.read(6)
     if start == b"\x93NUMPY":
         return f"{path}: not an xpdl checkpoint (a single .npy array, not an .npz archive)"
+    if not start.startswith(b"PK"):
+        return f"{path}: cannot be read as a checkpoint: not an .npz (zip) archive"
     return f"{path}: cannot be read as an .npz archive (truncated or corrupted?): {type(exc).__name__}: {exc}"
 
 
