@@ -39,13 +39,13 @@ from xpdl.backend import (
     BackendUnavailable,
     available_backends,
     default_backend_name,
+    describe_paths,
     get_backend,
     parse_backend_name,
 )
 from xpdl.checkpoint import CheckpointError
 from xpdl.datasets import DATASETS, DatasetError, apply_preprocessing, default_num_val, load_raw, prepare
 from xpdl.fc_net import FullyConnectedNet
-from xpdl.fused_step import describe_paths
 from xpdl.history import RunRecorder
 from xpdl.net_checkpoint import build_model, load_checkpoint, restore_trainer, spec_with_settings
 from xpdl.progress import Progress, choose_mode
