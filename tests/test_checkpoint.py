@@ -12,15 +12,9 @@ from helpers import host
 
 import xpdl
 from xpdl import checkpoint
-from xpdl.checkpoint import (
-    CheckpointError,
-    build_model,
-    load_checkpoint,
-    remove_stale_temporaries,
-    restore_trainer,
-    save_checkpoint,
-    save_model,
-)
+from xpdl.checkpoint import CheckpointError, restore_trainer, save_checkpoint, save_model
+from xpdl.net_checkpoint import build_model, load_checkpoint
+from xpdl.run_folder import remove_stale_temporaries
 
 MEAN = np.linspace(-1, 1, 5).astype(np.float32)
 META = {"settings": {"lr": 0.01, "hidden_dims": [6, 7]},
@@ -221,7 +215,7 @@ BREAKERS = {
     "text file": (break_text, "cannot be read"),
     "foreign npz": (break_foreign_npz, "not an xpdl checkpoint"),
     "single npy": (break_single_npy, "not an .npz archive"),
-    "pickled entry": (break_pickled_entry, "cannot be read"),
+    "pickled entry": (break_pickled_entry, "model/W1.* dtype object"),
     "missing entry": (break_missing_entry, "missing \\['updater/W2/m'\\]"),
     "extra entry": (break_extra_entry, "unexpected \\['model/extra'\\]"),
     "changed array": (break_changed_array, "best/b1.*CRC-32"),

@@ -14,8 +14,8 @@ import pytest
 import xpdl
 from xpdl import cli
 from xpdl.backend import probe_cupy
-from xpdl.checkpoint import build_model, load_checkpoint
 from xpdl.datasets import apply_preprocessing, load_raw
+from xpdl.net_checkpoint import build_model, load_checkpoint
 from xpdl.progress import Progress, choose_mode, format_epoch_line
 
 SMALL = ["--hidden-dims", "16", "--epochs", "2", "--backend", "numpy"]

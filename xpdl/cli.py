@@ -6,18 +6,25 @@
 ``xpdl evaluate RUN`` reports test accuracy and the confusion matrix on any
 backend; ``xpdl info`` says which backends work here and why the others do not.
 
-Exit codes: 0 success, 1 training diverged (NaN or infinite loss), 2 bad
-arguments or user errors (missing dataset, unreadable checkpoint, unavailable
-backend), 130 interrupted.
+Exit codes: 0 success, 1 training diverged (NaN or infinite loss), 2 a user
+error (bad option, missing dataset, unreadable checkpoint, unavailable backend, a
+run folder that cannot be created, locked or written), 130 interrupted. Every
+error is one line on stderr, without a traceback.
+
+:func:`train_main` runs ``xpdl train`` in-process (``xpdl tune`` runs its trials
+through it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import platform
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -25,12 +32,24 @@ from typing import Any
 
 import numpy as np
 
-from xpdl.backend import Backend, BackendUnavailable, available_backends, describe_paths, get_backend
-from xpdl.checkpoint import CheckpointError, build_model, load_checkpoint, remove_stale_temporaries, restore_trainer
-from xpdl.datasets import DATASETS, DatasetError, apply_preprocessing, load_dataset, load_raw
+from xpdl import schema
+from xpdl.backend import (
+    ENV_VARIABLE,
+    Backend,
+    BackendUnavailable,
+    available_backends,
+    default_backend_name,
+    describe_paths,
+    get_backend,
+    parse_backend_name,
+)
+from xpdl.checkpoint import CheckpointError
+from xpdl.datasets import DATASETS, DatasetError, apply_preprocessing, default_num_val, load_raw, prepare
 from xpdl.fc_net import FullyConnectedNet
-from xpdl.history import BEST_FILE, CHECKPOINT_FILE, RunRecorder
+from xpdl.history import RunRecorder
+from xpdl.net_checkpoint import build_model, load_checkpoint, restore_trainer, spec_with_settings
 from xpdl.progress import Progress, choose_mode
+from xpdl.run_folder import BEST_FILE, CHECKPOINT_FILE, RunFolder, RunFolderError, describe_os_error
 from xpdl.trainer import Trainer
 from xpdl.updater import UPDATE_RULES
 
@@ -53,7 +72,23 @@ DEFAULTS: dict[str, Any] = {
     "dtype": "float32",
     "seed": 0,
     "checkpoint_every": None,
+    "num_val": None,
 }
+
+#: Seeds accepted by --seed: the Philox key of the net's generator is a 128-bit integer.
+SEED_LIMIT = 2**128
+
+#: The schema of the ``settings`` a run saves in its checkpoints (checked when one is read).
+SETTINGS_SCHEMA = schema.Obj({
+    "data": schema.Str(choices=DATASETS), "data_dir": schema.Str(max_len=4096), "download": schema.Bool(),
+    "hidden_dims": schema.ListOf(schema.Int(min=1), max_len=1000), "batchnorm": schema.Bool(),
+    "dropout": schema.Number(ge=0, le=1), "weight_scale": schema.Number(gt=0), "reg": schema.Number(ge=0),
+    "update_rule": schema.Str(choices=UPDATE_RULES), "lr": schema.Number(gt=0), "lr_decay": schema.Number(gt=0),
+    "epochs": schema.Int(min=1), "batch_size": schema.Int(min=1),
+    "backend": schema.Check(schema.Str(max_len=40), lambda name: _backend_problem(name)),
+    "dtype": schema.Str(choices=("float32", "float64")), "seed": schema.Int(min=0, max=SEED_LIMIT - 1),
+    "checkpoint_every": schema.Nullable(schema.Int(min=1)), "num_val": schema.Nullable(schema.Int(min=1)),
+})
 
 #: Settings ``--resume`` may change; the others define the run and stay as saved.
 RESUMABLE = ("epochs", "backend", "data_dir", "download", "checkpoint_every")
@@ -61,6 +96,18 @@ RESUMABLE = ("epochs", "backend", "data_dir", "download", "checkpoint_every")
 
 class UsageError(Exception):
     """A mistake in how the tool was called; printed without a traceback, exit code 2."""
+
+
+def _backend_problem(name: str) -> str:
+    try:
+        parse_backend_name(name)
+    except ValueError:
+        return "a backend name (auto, numpy, cupy, cupy:N, array_api_strict)"
+    return ""
+
+
+#: How run files are checked: the net's spec with this tool's settings schema.
+CHECKPOINT_SPEC = spec_with_settings(SETTINGS_SCHEMA)
 
 
 # ---------------------------------------------------------------- argument types
@@ -131,29 +178,53 @@ def hidden_dims(text: str) -> list[int]:
     return dims
 
 
-def backend_name(text: str) -> str:
-    """``auto``, ``numpy``, ``cupy``, ``cupy:N`` or ``array_api_strict``."""
-    name = text.strip().lower()
-    if name in ("auto", "numpy", "cupy", "array_api_strict"):
-        return name
-    if name.startswith("cupy:") and name[5:].isdigit():
-        return name
-    raise argparse.ArgumentTypeError(f"expected auto, numpy, cupy, cupy:N or array_api_strict, got {text!r}")
+def seed(text: str) -> int:
+    """An int in ``[0, 2**128)`` (the net generator's key)."""
+    value = _int_at_least(text, 0, "an integer in [0, 2**128 - 1]")
+    if value >= SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**128 - 1], got {text!r}")
+    return value
+
+
+def backend_option(text: str) -> str:
+    """A backend name checked by :func:`xpdl.backend.parse_backend_name`."""
+    try:
+        return parse_backend_name(text, source="--backend")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--backend: ")) from None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``xpdl train: error: argument --seed: expected ..., got '-1'``."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 # ---------------------------------------------------------------- the parser
 def build_parser() -> argparse.ArgumentParser:
     """The ``xpdl`` argument parser with its three subcommands."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="xpdl", description="Train, evaluate and inspect fully-connected nets (also: python -m xpdl).",
         epilog="Run 'xpdl COMMAND --help' for a command's options. Exit codes: 0 ok, 1 training diverged, "
                "2 bad arguments or missing data, 130 interrupted.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,info}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,info}",
+                                parser_class=ArgumentParser)
     _add_train(sub.add_parser("train", help="train a fully-connected net and write a run folder",
-                              description="Train a fully-connected net; options left out keep the defaults "
-                                          "shown (or, with --resume, the run's saved settings)."))
+                              description=TRAIN_DESCRIPTION))
     _add_evaluate(sub.add_parser("evaluate", help="test accuracy and confusion matrix of a run or checkpoint"))
     sub.add_parser("info", help="backends that work here (and why others do not), devices, library versions")
+    return parser
+
+
+TRAIN_DESCRIPTION = ("Train a fully-connected net; options left out keep the defaults shown (or, with --resume, "
+                     "the run's saved settings).")
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    """The parser of ``xpdl train``'s options alone (for :func:`train_main`)."""
+    parser = ArgumentParser(prog="xpdl train", description=TRAIN_DESCRIPTION)
+    _add_train(parser)
     return parser
 
 
@@ -163,6 +234,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     arch.add_argument("--data", choices=DATASETS, help=f"dataset (default {d['data']})")
     arch.add_argument("--data-dir", help=f"folder holding the datasets (default {d['data_dir']})")
     arch.add_argument("--download", action="store_true", default=None, help="download the dataset if missing")
+    arch.add_argument("--num-val", type=positive_int, metavar="N",
+                      help="training images held out for validation (default: the dataset's usual split, "
+                           "at most a quarter of the training images)")
     arch.add_argument("--hidden-dims", type=hidden_dims, metavar="W1,W2,...",
                       help=f"hidden layer widths (default {','.join(map(str, d['hidden_dims']))})")
     arch.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=None,
@@ -181,10 +255,10 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--epochs", type=positive_int, metavar="N",
                      help=f"epochs in total; with --resume, train on until N (default {d['epochs']})")
     opt.add_argument("--batch-size", type=positive_int, metavar="B", help=f"batch size (default {d['batch_size']})")
-    opt.add_argument("--seed", type=nonnegative_int, metavar="S",
+    opt.add_argument("--seed", type=seed, metavar="S",
                      help=f"seeds the validation split, weights, dropout and shuffles (default {d['seed']})")
     run = p.add_argument_group("run")
-    run.add_argument("--backend", type=backend_name, metavar="NAME",
+    run.add_argument("--backend", type=backend_option, metavar="NAME",
                      help="auto, numpy, cupy, cupy:N or array_api_strict (default $XPDL_BACKEND or auto)")
     run.add_argument("--out", metavar="DIR", help="run folder to create (default runs/<timestamp>)")
     run.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN with its saved settings")
@@ -199,7 +273,7 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", choices=DATASETS, help="dataset whose test split to use (default: the trained one)")
     p.add_argument("--data-dir", help="folder holding the datasets (default: the run's)")
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
-    p.add_argument("--backend", type=backend_name, metavar="NAME",
+    p.add_argument("--backend", type=backend_option, metavar="NAME",
                    help="auto, numpy, cupy, cupy:N or array_api_strict (default $XPDL_BACKEND or auto)")
     p.add_argument("--plot", action="store_true",
                    help="also draw the confusion matrix into confusion.png in the checkpoint's folder")
@@ -208,11 +282,22 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------- settings
 def new_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """A new run's settings: the defaults, overridden by the options given."""
+    """A new run's settings: the defaults, overridden by the options given.
+
+    The backend is ``--backend``, else ``XPDL_BACKEND``, else ``auto``.
+    """
     settings = {k: (v if (v := getattr(args, k, None)) is not None else default) for k, default in DEFAULTS.items()}
     if args.backend is None:
-        settings["backend"] = os.environ.get("XPDL_BACKEND") or DEFAULTS["backend"]
+        settings["backend"] = env_backend_name()
     return settings
+
+
+def env_backend_name() -> str:
+    """The backend ``XPDL_BACKEND`` names (``auto`` when unset); UsageError naming the variable otherwise."""
+    try:
+        return default_backend_name()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def resumed_settings(saved: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -246,18 +331,55 @@ def trainer_options(settings: dict[str, Any]) -> dict[str, Any]:
             "num_epochs": settings["epochs"], "seed": settings["seed"], "verbose": False}
 
 
-def open_backend(name: str) -> Backend:
-    """The backend called ``name``; :class:`UsageError` saying why when it cannot run here."""
+def open_backend(name: str | None, option: str = "--backend") -> Backend:
+    """The backend called ``name`` (None: ``XPDL_BACKEND`` or ``auto``); UsageError saying why it cannot run here.
+
+    The message names where the name came from: ``option`` or the ``XPDL_BACKEND`` variable.
+    """
+    source = f"{option} {name}" if name is not None else f"{ENV_VARIABLE}={os.environ.get(ENV_VARIABLE, '')}"
+    if name is None:
+        env_backend_name()  # a bad variable is reported as such
     try:
         return get_backend(name)
     except (BackendUnavailable, ValueError) as exc:
-        raise UsageError(f"--backend {name}: {exc}") from None
+        text = str(exc)
+        raise UsageError(text if text.startswith(ENV_VARIABLE) else f"{source}: {text}") from None
+
+
+def auto_num_val(name: str, num_train: int) -> int:
+    """Validation images for a dataset of ``num_train`` training images: its usual split, at most a quarter."""
+    return max(1, min(default_num_val(name), num_train // 4))
 
 
 def load_data(settings: dict[str, Any]) -> dict[str, Any]:
-    """The run's dataset, split and preprocessed with its seed and dtype."""
-    return load_dataset(settings["data"], data_dir=settings["data_dir"], download=bool(settings["download"]),
-                        seed=settings["seed"], dtype=settings["dtype"])
+    """The run's dataset, split (``num_val``) and preprocessed with its seed and dtype.
+
+    Raises:
+        UsageError: ``--data-dir`` is a file or cannot be read or written, or the dataset
+            has too few training images for the validation split.
+    """
+    name, data_dir = settings["data"], Path(settings["data_dir"])
+    raw = read_raw(name, data_dir, bool(settings["download"]))
+    n = len(raw["y_train"])
+    if n < 2:
+        raise UsageError(f"--data {name}: {data_dir} holds {n} training images; training needs at least 2 "
+                         "(some for training, one or more for validation)")
+    num_val = settings["num_val"] or auto_num_val(name, n)
+    if num_val >= n:
+        raise UsageError(f"--num-val {num_val}: expected fewer than the {n} training images of {name} "
+                         f"(in {data_dir}), got {num_val}")
+    return prepare(raw, num_val=num_val, seed=settings["seed"], dtype=settings["dtype"])
+
+
+def read_raw(name: str, data_dir: Path, download: bool) -> dict[str, Any]:
+    """:func:`load_raw`, with file-system problems of ``--data-dir`` as one-line UsageErrors."""
+    if name != "digits" and data_dir.exists() and not data_dir.is_dir():
+        raise UsageError(f"--data-dir {data_dir}: exists and is not a folder")
+    try:
+        return load_raw(name, data_dir=data_dir, download=download)
+    except OSError as exc:
+        raise UsageError(f"--data-dir {data_dir}: cannot {'download into' if download else 'read'} it: "
+                         f"{describe_os_error(exc)}") from None
 
 
 def preprocessing_meta(data: dict[str, Any]) -> dict[str, Any]:
@@ -266,51 +388,25 @@ def preprocessing_meta(data: dict[str, Any]) -> dict[str, Any]:
             "image_shape": list(data["image_shape"]), "classes": list(data["classes"])}
 
 
-# ---------------------------------------------------------------- run folders
-def new_run_folder(out: str | None) -> Path:
-    """Create the run folder ``out`` (default ``runs/<timestamp>``); refuse one that holds a run."""
-    if out is None:
-        return _timestamped_folder(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-    folder = Path(out)
-    if (folder / CHECKPOINT_FILE).exists():
-        raise UsageError(f"--out {out}: already holds a run ({CHECKPOINT_FILE}); continue it with "
-                         f"--resume {out} or choose another folder")
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+def build_trainer(settings: dict[str, Any], data: dict[str, Any], backend: Backend) -> Trainer:
+    """The net and trainer of a new run; a setting they refuse is a UsageError."""
+    try:
+        net = FullyConnectedNet(input_dim=int(data["X_train"].shape[1]), hidden_dims=settings["hidden_dims"],
+                                num_classes=int(data["num_classes"]), dropout=settings["dropout"],
+                                use_batchnorm=settings["batchnorm"], reg=settings["reg"],
+                                weight_scale=settings["weight_scale"], seed=settings["seed"],
+                                dtype=settings["dtype"], backend=backend)
+        return Trainer(net, data, **trainer_options(settings))
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"these settings cannot train: {exc}") from None
 
 
-def _timestamped_folder(base: Path) -> Path:
-    """Create ``base``, or ``base-2``, ``base-3``, ... if runs started in the same second took it."""
-    base.parent.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 1000):
-        folder = base if n == 1 else base.with_name(f"{base.name}-{n}")
-        try:
-            folder.mkdir()
-            return folder
-        except FileExistsError:
-            continue
-    raise UsageError(f"{base}: could not create a new run folder; choose one with --out")
-
-
-def resume_paths(run: str) -> tuple[Path, Path]:
-    """The run folder and its ``checkpoint.npz`` for ``--resume RUN`` (a folder or that file)."""
-    path = Path(run)
-    folder = path.parent if path.is_file() else path
-    ckpt = path if path.is_file() else path / CHECKPOINT_FILE
-    if not folder.is_dir():
-        raise UsageError(f"--resume {run}: no such run folder")
-    if not ckpt.is_file():
-        raise UsageError(f"--resume {run}: no {CHECKPOINT_FILE} in {folder} (the run saved no checkpoint yet)")
-    return folder, ckpt
-
-
+# ---------------------------------------------------------------- sessions
 @dataclass
 class Session:
     """Everything one ``xpdl train`` invocation works with."""
 
-    folder: Path
+    run: RunFolder
     settings: dict[str, Any]
     data: dict[str, Any]
     backend: Backend
@@ -318,114 +414,202 @@ class Session:
     recorder: RunRecorder
     resumed: bool
 
+    @property
+    def folder(self) -> Path:
+        """The run folder."""
+        return self.run.path
+
 
 def start_session(args: argparse.Namespace) -> Session:
-    """Set up a new run from the options."""
+    """Set up a new run from the options; the run folder is taken last, once everything else worked."""
     settings = new_settings(args)
-    backend = open_backend(settings["backend"])
+    backend = open_backend(args.backend)
     data = load_data(settings)
-    folder = new_run_folder(args.out)
-    net = FullyConnectedNet(input_dim=int(data["X_train"].shape[1]), hidden_dims=settings["hidden_dims"],
-                            num_classes=int(data["num_classes"]), dropout=settings["dropout"],
-                            use_batchnorm=settings["batchnorm"], reg=settings["reg"],
-                            weight_scale=settings["weight_scale"], seed=settings["seed"],
-                            dtype=settings["dtype"], backend=backend)
-    trainer = Trainer(net, data, **trainer_options(settings))
-    return _session(folder, settings, data, backend, trainer, resumed=False)
+    trainer = build_trainer(settings, data, backend)
+    try:
+        run = RunFolder.create(args.out)
+    except RunFolderError as exc:
+        raise UsageError(str(exc)) from None
+    return _session(run, settings, data, backend, trainer, resumed=False)
 
 
 def resume_session(args: argparse.Namespace) -> Session:
-    """Set up a run continued from its ``checkpoint.npz``."""
-    folder, ckpt_path = resume_paths(args.resume)
-    ckpt = load_checkpoint(ckpt_path)
+    """Set up a run continued from its ``checkpoint.npz`` (the folder is locked first)."""
+    try:
+        run, ckpt_path = RunFolder.resume(args.resume)
+    except RunFolderError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        return _resume(run, ckpt_path, args)
+    except BaseException:
+        run.release()
+        raise
+
+
+def _resume(run: RunFolder, ckpt_path: Path, args: argparse.Namespace) -> Session:
+    ckpt = load_checkpoint(ckpt_path, CHECKPOINT_SPEC)
     if ckpt["kind"] != "training":
         raise UsageError(f"--resume {args.resume}: {ckpt_path} is a model file, not a training checkpoint")
     settings = resumed_settings(ckpt["settings"], args)
-    backend = open_backend(settings["backend"])
+    backend = open_backend(settings["backend"], option="--backend" if args.backend else "saved backend")
     data = load_data(settings)
     saved_mean = ckpt["preprocessing"].get("mean_image")
     if saved_mean is not None and not np.array_equal(saved_mean, data["mean_image"]):
         print(f"xpdl: warning: the {settings['data']} training data differs from the run's "
               "(its mean image changed); the continuation will not match an uninterrupted run", file=sys.stderr)
-    trainer = Trainer(build_model(ckpt, backend, seed=settings["seed"]), data, **trainer_options(settings))
+    try:
+        trainer = Trainer(build_model(ckpt, backend, seed=settings["seed"]), data, **trainer_options(settings))
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--resume {args.resume}: the saved settings cannot train here: {exc}") from None
     restore_trainer(ckpt, trainer)
     done = trainer.t / trainer.iterations_per_epoch
     if trainer.t > trainer.num_iterations:
         raise UsageError(f"--epochs {settings['epochs']}: the run has done {done:.4g} epochs already; "
                          "expected a total of at least that many")
-    remove_stale_temporaries(folder)
-    return _session(folder, settings, data, backend, trainer, resumed=True)
+    return _session(run, settings, data, backend, trainer, resumed=True)
 
 
-def _session(folder: Path, settings: dict[str, Any], data: dict[str, Any], backend: Backend, trainer: Trainer,
+def _session(run: RunFolder, settings: dict[str, Any], data: dict[str, Any], backend: Backend, trainer: Trainer,
              resumed: bool) -> Session:
     meta = {"settings": settings, "preprocessing": preprocessing_meta(data)}
-    recorder = RunRecorder(folder, meta, backend.describe(), checkpoint_every=settings["checkpoint_every"])
-    return Session(folder, settings, data, backend, trainer, recorder, resumed)
+    recorder = RunRecorder(run.path, meta, backend.describe(), checkpoint_every=settings["checkpoint_every"])
+    return Session(run, settings, data, backend, trainer, recorder, resumed)
 
 
 # ---------------------------------------------------------------- train
-def cmd_train(args: argparse.Namespace) -> int:
-    """``xpdl train``: train (or resume) a run and print a summary."""
+class CallbackFailed(Exception):
+    """Carries an exception raised by :func:`train_main`'s ``epoch_callback`` past the error handling."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def cmd_train(args: argparse.Namespace, epoch_callback: Callable[[Trainer], None] | None = None) -> int:
+    """``xpdl train``: train (or resume) a run and print a summary; the run folder is locked meanwhile."""
     session = resume_session(args) if args.resume else start_session(args)
-    trainer = session.trainer
-    if session.resumed and trainer.t >= trainer.num_iterations:
-        session.recorder.finish(trainer)  # in case the run was stopped while drawing its curves
-        print(f"{session.folder}: the run is complete ({trainer.epoch} epochs); "
-              f"pass --epochs N with N > {trainer.epoch} to train further")
+    with session.run:
+        trainer = session.trainer
+        if session.resumed and trainer.t >= trainer.num_iterations:
+            session.recorder.finish(trainer)  # in case the run was stopped while drawing its curves
+            print(f"{session.folder}: the run is complete ({plural(trainer.epoch, 'epoch')}); "
+                  f"pass --epochs N with N > {trainer.epoch} to train further")
+            return 0
+        if not args.quiet:
+            print(header(session))
+        t0 = trainer.t
+        seconds = train_with_progress(session, Progress(choose_mode(args.quiet)), epoch_callback)
+        if seconds is None:
+            return 130
+        session.recorder.finish(trainer)
+        from xpdl.plots import write_weights  # matplotlib loads only when a run ends
+
+        write_weights(session.folder, trainer.model, session.data["image_shape"])
+        print(summary(session, trainer.t - t0, seconds))
         return 0
-    if not args.quiet:
-        print(header(session))
-    t0 = trainer.t
-    seconds = train_with_progress(session, Progress(choose_mode(args.quiet)))
-    if seconds is None:
-        return 130
-    session.recorder.finish(trainer)
-    from xpdl.plots import write_weights
-    write_weights(session.folder, trainer.model, session.data["image_shape"])
-    print(summary(session, trainer.t - t0, seconds))
-    return 0
 
 
-def train_with_progress(session: Session, progress: Progress) -> float | None:
+def train_with_progress(session: Session, progress: Progress,
+                        epoch_callback: Callable[[Trainer], None] | None = None) -> float | None:
     """Train with the run folder's recorder and ``progress`` called after every iteration.
 
+    ``epoch_callback(trainer)`` runs after every epoch's accuracy check, once that
+    epoch's files are written. NumPy's floating-point warnings are silenced: a
+    diverging loss is reported once, by the Trainer.
+
     Returns:
-        Wall-clock seconds of :meth:`Trainer.train`, or None after Ctrl-C (with a note
-        on how to resume).
+        Wall-clock seconds of :meth:`Trainer.train`, or None after Ctrl-C.
+
+    Raises:
+        FloatingPointError: training diverged; ``history.json`` and ``curves.png`` are
+            written up to the failure first.
+        CallbackFailed: ``epoch_callback`` raised; the run folder is finalized first.
+        RunFolderError: a run file could not be written; a new run that has no
+            checkpoint yet is removed.
     """
     trainer = session.trainer
 
     def on_iteration(tr: Trainer) -> None:
         session.recorder(tr)
         progress(tr)
+        if epoch_callback is not None and tr.t % tr.iterations_per_epoch == 0:
+            try:
+                epoch_callback(tr)
+            except Exception as exc:
+                raise CallbackFailed(exc) from exc
 
     trainer.on_iteration = on_iteration
-    session.recorder.start(trainer)
     start = time.perf_counter()
     try:
-        trainer.train()
+        with np.errstate(all="ignore"):
+            session.recorder.start(trainer)
+            trainer.train()
     except KeyboardInterrupt:
         progress.close()
-        print(f"\ninterrupted at iteration {trainer.t}; continue from the last checkpoint with: "
-              f"xpdl train --resume {session.folder}", file=sys.stderr)
+        _interrupted(session)
         return None
+    except (FloatingPointError, CallbackFailed):
+        progress.close()
+        with np.errstate(all="ignore"):
+            session.recorder.finish(trainer)
+        raise
+    except RunFolderError as exc:
+        progress.close()
+        raise UsageError(_write_failure(session, exc)) from None
     finally:
         progress.close()
     return time.perf_counter() - start
 
 
+def _interrupted(session: Session) -> None:
+    """After Ctrl-C: say how to continue, or remove a new run that saved no checkpoint yet."""
+    t = session.trainer.t
+    if session.run.holds_checkpoint():
+        print(f"\ninterrupted at iteration {t}; continue from the last checkpoint with: "
+              f"xpdl train --resume {session.folder}", file=sys.stderr)
+        return
+    session.run.discard()
+    print(f"\ninterrupted at iteration {t}, before the first checkpoint; nothing was kept "
+          f"({session.folder} removed)" if session.run.created else
+          f"\ninterrupted at iteration {t}, before the first checkpoint; nothing was kept", file=sys.stderr)
+
+
+def _write_failure(session: Session, exc: RunFolderError) -> str:
+    """The message for a run file that could not be written; a new run without a checkpoint is removed."""
+    if session.run.holds_checkpoint():
+        return (f"{exc}; the last checkpoint is intact: continue with xpdl train --resume {session.folder} "
+                "once the problem is fixed")
+    session.run.discard()
+    return f"{exc}; nothing of the run was kept"
+
+
+def plural(n: int, word: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def describe_net(net: FullyConnectedNet) -> str:
-    """E.g. ``64-256-256-10, batch norm, dropout keep 0.8, float32``."""
-    parts = ["-".join(str(d) for d in [net.input_dim, *net.hidden_dims, net.num_classes])]
-    if net.use_batchnorm:
-        parts.append("batch norm")
-    if net.use_dropout:
-        parts.append(f"dropout keep {net.dropout:g}")
-    if net.reg:
-        parts.append(f"reg {net.reg:g}")
-    parts.append(net.dtype)
+    """E.g. ``64-256-256-10, batch norm, dropout keep 0.8, float32``, from the net's actual config.
+
+    Normalization and dropout act on hidden layers only, so a net without any has neither.
+    """
+    config = net.config()
+    hidden = config["hidden_dims"]
+    parts = ["-".join(str(d) for d in [config["input_dim"], *hidden, config["num_classes"]])]
+    norm = config.get("normalization")
+    if hidden and norm:
+        parts.append({"batchnorm": "batch norm", "layernorm": "layer norm"}.get(norm, str(norm)))
+    if hidden and config["dropout"]:
+        parts.append(f"dropout keep {config['dropout']:g}")
+    if config["reg"]:
+        parts.append(f"reg {config['reg']:g}")
+    parts.append(config["dtype"])
     return ", ".join(parts)
+
+
+def batch_used(trainer: Trainer) -> int:
+    """Samples per step: ``min(batch_size, training images)``."""
+    return min(trainer.batch_size, int(trainer.X_train.shape[0]))
 
 
 def header(session: Session) -> str:
@@ -434,9 +618,12 @@ def header(session: Session) -> str:
     n_train, n_val, n_test = (len(data[k]) for k in ("y_train", "y_val", "y_test"))
     verb = (f"resuming {session.folder} at epoch {tr.t / tr.iterations_per_epoch:.4g}"
             if session.resumed else f"run {session.folder}")
+    batch = batch_used(tr)
+    batch_text = f"batch {batch}" if batch == tr.batch_size else \
+        f"batch {batch} (all {n_train} training images; --batch-size {tr.batch_size})"
     return (f"{verb}: {s['data']} ({n_train} train / {n_val} val / {n_test} test) on {session.backend.describe()}\n"
             f"net {describe_net(tr.model)}; {s['update_rule']} lr {s['lr']:g} decay {s['lr_decay']:g}, "
-            f"batch {s['batch_size']}, {s['epochs']} epochs x {tr.iterations_per_epoch} iterations")
+            f"{batch_text}, {plural(s['epochs'], 'epoch')} x {plural(tr.iterations_per_epoch, 'iteration')}")
 
 
 def summary(session: Session, iterations: int, seconds: float) -> str:
@@ -444,10 +631,10 @@ def summary(session: Session, iterations: int, seconds: float) -> str:
     tr, data = session.trainer, session.data
     test_acc = float(np.mean(tr.model.predict(data["X_test"]) == data["y_test"])) if len(data["y_test"]) else 0.0
     doc = session.recorder.history(tr)
-    rate = iterations * tr.batch_size / seconds if seconds > 0 else 0.0
+    rate = iterations * batch_used(tr) / seconds if seconds > 0 else 0.0
     return (f"best val acc {tr.best_val_acc:.4f} (epoch {doc['best_epoch']:.3g}), test acc {test_acc:.4f}; "
-            f"{iterations} iterations in {seconds:.1f} s ({rate:,.0f} samples/s) on {session.backend.describe()}; "
-            f"saved in {session.folder}/")
+            f"{plural(iterations, 'iteration')} in {seconds:.1f} s ({rate:,.0f} samples/s) on "
+            f"{session.backend.describe()}; saved in {session.folder}/")
 
 
 # ---------------------------------------------------------------- evaluate
@@ -467,15 +654,16 @@ def model_file(target: str) -> Path:
 def test_split(ckpt: dict[str, Any], args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
     """The test split preprocessed with the checkpoint's mean image and scale: X (N, D), y (N,), name, classes."""
     pre = ckpt["preprocessing"]
-    if pre.get("mean_image") is None or pre.get("scale") is None:
-        raise UsageError(f"{ckpt['path']}: holds no preprocessing statistics (mean image, scale)")
-    name = args.data or pre.get("dataset")
+    if pre.get("mean_image") is None or pre.get("scale") is None or pre.get("dataset") is None:
+        raise UsageError(f"{ckpt['path']}: holds no preprocessing statistics (dataset, mean image, scale)")
+    name = args.data or pre["dataset"]
     data_dir = args.data_dir or ckpt["settings"].get("data_dir") or DEFAULTS["data_dir"]
-    raw = load_raw(name, data_dir=data_dir, download=args.download)
+    raw = read_raw(name, Path(data_dir), args.download)
+    features = math.prod(raw["X_test"].shape[1:])
+    if features != ckpt["config"]["input_dim"]:
+        raise UsageError(f"--data {name}: has {features} features per sample, the model expects "
+                         f"{ckpt['config']['input_dim']} (it was trained on {pre['dataset']})")
     X = apply_preprocessing(raw["X_test"], pre["mean_image"], ckpt["config"]["dtype"], scale=pre["scale"])
-    if X.shape[1] != ckpt["config"]["input_dim"]:
-        raise UsageError(f"--data {name}: has {X.shape[1]} features per sample, the model expects "
-                         f"{ckpt['config']['input_dim']}")
     return X, raw["y_test"], name, list(raw["classes"])
 
 
@@ -502,8 +690,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     path = model_file(args.target)
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise UsageError(f"--out {args.out}: exists and is not a folder")
-    ckpt = load_checkpoint(path)
-    backend = open_backend(args.backend or os.environ.get("XPDL_BACKEND") or "auto")
+    ckpt = load_checkpoint(path, CHECKPOINT_SPEC)
+    backend = open_backend(args.backend)
     net = build_model(ckpt, backend)
     X, y, name, classes = test_split(ckpt, args)
     if int(y.max(initial=0)) >= net.num_classes:
@@ -577,6 +765,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     for name, why in status.items():
         print(f"  {name:<17} {'works' if not why else 'unavailable: ' + why}")
     print(f"  {'auto':<17} picks {'cupy:0' if not status.get('cupy') else 'numpy'}")
+    problem = _env_backend_line()
     mem = host_memory_gib()
     print("devices:")
     print(f"  cpu     {cpu_name()}, {os.cpu_count()} cores" + (f", {mem:.1f} GiB" if mem else ""))
@@ -585,7 +774,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"training steps: {describe_paths()}")
     versions = library_versions()
     print("libraries: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    return 0
+    return 2 if problem else 0
+
+
+def _env_backend_line() -> str:
+    """Print which backend ``XPDL_BACKEND`` selects; returns the problem (printed to stderr) when it names none."""
+    text = os.environ.get(ENV_VARIABLE)
+    try:
+        name = default_backend_name()
+    except ValueError as exc:
+        print(f"xpdl info: error: {exc}", file=sys.stderr)
+        return str(exc)
+    where = f"{ENV_VARIABLE}={text}" if text and text.strip() else f"{ENV_VARIABLE} not set"
+    print(f"  default           {name} ({where})")
+    return ""
 
 
 # ---------------------------------------------------------------- main
@@ -593,19 +795,64 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the tool with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    """Run the tool with ``argv`` (default ``sys.argv[1:]``); returns the exit code.
+
+    A bad option exits through argparse (SystemExit 2, one line on stderr).
+    """
     args = build_parser().parse_args(argv)
+    return run_command(args.command, lambda: COMMANDS[args.command](args), quiet=getattr(args, "quiet", False))
+
+
+def train_main(argv: list[str], epoch_callback: Callable[[Trainer], None] | None = None) -> int:
+    """``xpdl train`` in-process: parse ``argv`` (the options, without the word ``train``), train, return the exit code.
+
+    It writes the run folder exactly as ``xpdl train``. ``epoch_callback(trainer)``
+    is called after every epoch's accuracy check (once that epoch's files are
+    written); an exception it raises propagates to the caller after the run folder
+    has been finalized (``history.json`` and ``curves.png`` written, the lock released).
+    Option errors return 2 (argparse's one-line message on stderr); ``--help`` returns 0.
+    """
     try:
-        return COMMANDS[args.command](args)
-    except (UsageError, DatasetError, CheckpointError) as exc:
-        print(f"xpdl {args.command}: error: {exc}", file=sys.stderr)
+        args = build_train_parser().parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return run_command("train", lambda: cmd_train(args, epoch_callback), quiet=args.quiet)
+    except CallbackFailed as exc:
+        raise exc.error from None
+
+
+def run_command(command: str, run: Callable[[], int], quiet: bool = False) -> int:
+    """Run one command; user errors become one line on stderr and exit code 2 (see the module docstring)."""
+    try:
+        with _quiet_backend_notes(quiet):
+            return run()
+    except (UsageError, DatasetError, CheckpointError, RunFolderError) as exc:
+        print(f"xpdl {command}: error: {exc}", file=sys.stderr)
         return 2
     except FloatingPointError as exc:
-        print(f"xpdl {args.command}: training diverged: {exc}", file=sys.stderr)
+        print(f"xpdl {command}: training diverged: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"\nxpdl {args.command}: interrupted", file=sys.stderr)
+        print(f"\nxpdl {command}: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _quiet_backend_notes(quiet: bool) -> Iterator[None]:
+    """Under ``--quiet``, silence the backend's one-line note (``XPDL_QUIET=1``) for the command's duration."""
+    if not quiet:
+        yield
+        return
+    before = os.environ.get("XPDL_QUIET")
+    os.environ["XPDL_QUIET"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("XPDL_QUIET", None)
+        else:
+            os.environ["XPDL_QUIET"] = before
 
 
 if __name__ == "__main__":

@@ -1,36 +1,31 @@
-"""Run folders: what ``xpdl train`` writes while it trains, and ``history.json``.
+"""What a run records as it trains: ``history.json`` and the files of the run folder, kept up to date.
 
-A run folder holds
-
-- ``checkpoint.npz``: the latest training checkpoint (:mod:`xpdl.checkpoint`),
-  written every ``checkpoint_every`` iterations (default: at every epoch end) and
-  always after the last iteration, so it holds the trainer exactly as it was at
-  the end of the last epoch (current weights, not the best ones);
-- ``best.npz``: the model (kind ``"model"``) with the best validation accuracy so
-  far, written whenever that improves (and again when a run is resumed);
-- ``history.json``: :func:`history_record`, rewritten with every checkpoint;
-- ``curves.png``: loss and accuracies against epoch (:mod:`xpdl.plots`), at the end.
-
-Every file is replaced atomically, so a run killed at any moment (``SIGKILL``
-included) leaves a consistent ``checkpoint.npz`` to resume from.
+:class:`RunRecorder` is the Trainer's ``on_iteration`` callback that writes a run
+folder (:mod:`xpdl.run_folder`): ``checkpoint.npz`` every ``checkpoint_every``
+iterations (default: at every epoch end) and always after the last iteration,
+``best.npz`` whenever the validation accuracy improves, ``history.json``
+(:func:`history_record`) with every checkpoint, and at the end (also after a
+diverged or stopped run) ``history.json`` and ``curves.png``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from xpdl.atomic import atomic_write
 from xpdl.checkpoint import save_checkpoint, save_model
-
-CHECKPOINT_FILE = "checkpoint.npz"
-BEST_FILE = "best.npz"
-HISTORY_FILE = "history.json"
-CURVES_FILE = "curves.png"
+from xpdl.run_folder import (
+    BEST_FILE,
+    CHECKPOINT_FILE,
+    CURVES_FILE,
+    HISTORY_FILE,
+    RunFolderError,
+    describe_os_error,
+    write_json,
+)
 
 
 def check_iterations(num_checks: int, iterations_per_epoch: int) -> list[int]:
@@ -86,21 +81,6 @@ def history_record(trainer: Any, settings: dict[str, Any], device: str) -> dict[
     }
 
 
-def write_json(path: str | os.PathLike[str], doc: Any) -> Path:
-    """Write ``doc`` as indented JSON, atomically."""
-    data = (json.dumps(doc, indent=1) + "\n").encode("utf-8")
-    return atomic_write(path, lambda f: f.write(data))
-
-
-def load_history(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a ``history.json`` (or the one in a run folder)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / HISTORY_FILE
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 class RunRecorder:
     """Writes a run folder as a Trainer trains; pass it as the Trainer's ``on_iteration``.
 
@@ -141,8 +121,14 @@ class RunRecorder:
 
     def save(self, trainer: Any) -> None:
         """Write ``checkpoint.npz`` and ``history.json`` for the trainer's current state."""
-        save_checkpoint(self.folder / CHECKPOINT_FILE, trainer, self.meta)
-        write_json(self.folder / HISTORY_FILE, self.history(trainer))
+        with self._writing(CHECKPOINT_FILE):
+            save_checkpoint(self.folder / CHECKPOINT_FILE, trainer, self.meta)
+        with self._writing(HISTORY_FILE):
+            write_json(self.folder / HISTORY_FILE, self.history(trainer))
+
+    def _writing(self, name: str) -> _Writing:
+        """A context that turns an OSError while writing ``name`` into a :class:`RunFolderError` naming it."""
+        return _Writing(self.folder / name)
 
     def save_best(self, trainer: Any) -> None:
         """Write ``best.npz`` from the trainer's best state, with its accuracy and epoch in ``info``."""
@@ -152,7 +138,8 @@ class RunRecorder:
         if best is not None:
             info["epoch"] = check_iterations(best + 1, ipe)[best] / ipe
         meta = {**self.meta, "info": info}
-        save_model(self.folder / BEST_FILE, trainer.model, meta, arrays=trainer.best_state)
+        with self._writing(BEST_FILE):
+            save_model(self.folder / BEST_FILE, trainer.model, meta, arrays=trainer.best_state)
         self._best_saved = trainer.best_state
 
     def history(self, trainer: Any) -> dict[str, Any]:
@@ -164,5 +151,21 @@ class RunRecorder:
         from xpdl.plots import plot_curves
 
         doc = self.history(trainer)
-        write_json(self.folder / HISTORY_FILE, doc)
-        return plot_curves(doc, self.folder / CURVES_FILE)
+        with self._writing(HISTORY_FILE):
+            write_json(self.folder / HISTORY_FILE, doc)
+        with self._writing(CURVES_FILE):
+            return plot_curves(doc, self.folder / CURVES_FILE)
+
+
+class _Writing:
+    """``with _Writing(path):`` turns an OSError (full disk, read-only, no permission) into a RunFolderError."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        if isinstance(exc, OSError):
+            raise RunFolderError(f"{self.path}: cannot write: {describe_os_error(exc)}") from None
