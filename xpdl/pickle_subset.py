@@ -438,7 +438,7 @@ def load_pickle_subset(path: Path) -> Any:
     if size > MAX_FILE_BYTES:
         raise PickleRefused(f"{path}: expected a pickle of at most {MAX_FILE_BYTES} bytes, got {size} bytes")
     with open(path, "rb") as f:
-        data = f.read(MAX_FILE_BYTES + 1)
-    if len(data) > MAX_FILE_BYTES:
-        raise PickleRefused(f"{path}: expected a pickle of at most {MAX_FILE_BYTES} bytes, got more")
+        data = f.read(size + 1)  # read() allocates what it is asked for: ask for the stat size only
+    if len(data) > size:
+        raise PickleRefused(f"{path}: expected a file of {size} bytes (its size when opened), got more")
     return _Interpreter(data, path).run()
