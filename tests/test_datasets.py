@@ -581,3 +581,37 @@ def test_cifar_python_legacy_numpy_module_path(tmp_path, cifar_arrays):
     np.testing.assert_array_equal(X_train[:12], batches[0][0])
     np.testing.assert_array_equal(y_train[:12], batches[0][1])
     np.testing.assert_array_equal(X_test, test[0])
+
+
+def python2_batch_pickle(rows: np.ndarray, labels: list[int]) -> bytes:
+    """A batch written as Python 2's cPickle (protocol 2) wrote the official files: str -> BINSTRING, old NumPy."""
+
+    def binstring(b: bytes) -> bytes:
+        return (b"U" + bytes([len(b)]) if len(b) < 256 else b"T" + struct.pack("<i", len(b))) + b
+
+    n = rows.shape[0]
+    dtype = (
+        b"cnumpy\ndtype\n" + binstring(b"u1") + b"K\x00K\x01\x87R"
+        + b"(K\x03" + binstring(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+    )  # fmt: skip
+    array = (
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + binstring(b"b") + b"\x87R"
+        + b"(K\x01M" + struct.pack("<H", n) + b"M\x00\x0c\x86" + dtype + b"\x89" + binstring(rows.tobytes()) + b"tb"
+    )  # fmt: skip
+    label_ops = b"".join(b"K" + bytes([v]) for v in labels)
+    return (
+        b"\x80\x02}q\x01(" + binstring(b"data") + array + binstring(b"labels") + b"](" + label_ops + b"e"
+        + binstring(b"batch_label") + binstring(b"training batch 1 of 5") + b"u."
+    )  # fmt: skip
+
+
+def test_cifar_python_reads_python2_era_pickles(tmp_path, cifar_arrays):
+    """The official files were written by Python 2 (BINSTRING bytes, dtype('u1', 0, 1), numpy.core paths)."""
+    batches, test = cifar_arrays
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar_python(folder, batches, test)
+    rows = to_cifar_rows(test[0])
+    (folder / "test_batch").write_bytes(python2_batch_pickle(rows, [int(v) for v in test[1]]))
+    *_, X_test, y_test = read_cifar10_python(folder)
+    np.testing.assert_array_equal(X_test, test[0])
+    np.testing.assert_array_equal(y_test, test[1])

@@ -119,6 +119,11 @@ class ArrayBuilder:
         self.array: np.ndarray | None = None
 
 
+def _short_text(value: Any) -> Any:
+    """``value`` as str if it is a short ``bytes`` (Python 2 wrote type codes as byte strings), else unchanged."""
+    return value.decode("latin-1") if type(value) is bytes and len(value) <= 8 else value
+
+
 def _describe(value: Any) -> str:
     """A short description of a value for error messages (never its whole repr)."""
     if isinstance(value, _Global):
@@ -230,6 +235,7 @@ class _Interpreter:
         return self._encode(args)
 
     def _dtype(self, args: tuple) -> _DtypeSpec:
+        args = tuple(_short_text(a) for a in args)
         if not 1 <= len(args) <= 3 or args[0] not in ARRAY_TYPE_CODES:
             got = repr(args[0])[:40] if args and type(args[0]) is str else _describe(args[0] if args else None)
             self._fail(f"numpy.dtype of a plain integer type code {ARRAY_TYPE_CODES}", f"type code {got}")
@@ -267,9 +273,9 @@ class _Interpreter:
             # (version, byte order, sub-array, names, fields, elsize, alignment, flags[, metadata]):
             # only the byte order is used; the dtype itself comes from the type code.
             ok = type(state) is tuple and len(state) in (8, 9) and state[0] in (3, 4)
-            if not ok or state[1] not in ("<", ">", "|", "=") or state[2:5] != (None, None, None):
+            if not ok or _short_text(state[1]) not in ("<", ">", "|", "=") or state[2:5] != (None, None, None):
                 self._fail("the state of a plain numpy dtype (no sub-array, names or fields)", _describe(state))
-            target.byteorder = state[1]
+            target.byteorder = _short_text(state[1])
         elif isinstance(target, ArrayBuilder) and target.array is None:
             if type(state) is not tuple or len(state) not in (4, 5):
                 self._fail("an ndarray state (version, shape, dtype, is_fortran, data)", _describe(state))
