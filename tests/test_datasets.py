@@ -452,14 +452,6 @@ def test_digits_file_is_packaged_and_loads_without_pickle():
     assert f'xpdl = ["{DIGITS_FILE}"]' in pyproject
 
 
-def test_digits_equal_scikit_learn_load_digits():
-    sklearn_datasets = pytest.importorskip("sklearn.datasets", reason="scikit-learn not installed (optional)")
-    X, y = sklearn_datasets.load_digits(return_X_y=True)
-    images, labels = read_digits()
-    np.testing.assert_array_equal(images.reshape(-1, 64), X)
-    np.testing.assert_array_equal(labels, y)
-
-
 def test_prepare_uses_training_mean_only_and_is_seeded():
     raw = load_raw("digits")
     data = prepare(raw, num_val=300, seed=7)

@@ -253,8 +253,8 @@ def test_repeated_latin1_encoding_is_bounded(tmp_path, monkeypatch):
     monkeypatch.setattr(subset, "MAX_CREATED_BYTES", 1 << 20)
     text = "x" * 100_000
     body = (
-        b"\x80\x02c_codecs\nencode\nq\x00X" + struct.pack("<I", len(text)) + text.encode() + b"q\x01X\x06\x00\x00\x00latin1q\x02]("
-        + b"h\x00h\x01h\x02\x86R" * 100 + b"e."
+        b"\x80\x02c_codecs\nencode\nq\x00X" + struct.pack("<I", len(text)) + text.encode() + b"q\x01"
+        + b"X\x06\x00\x00\x00latin1q\x02](" + b"h\x00h\x01h\x02\x86R" * 100 + b"e."
     )  # fmt: skip
     path = tmp_path / "cifar-10-batches-py" / "data_batch_1"
     write_cifar_folder(path.parent)
