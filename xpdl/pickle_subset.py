@@ -40,10 +40,12 @@ from typing import Any, NoReturn
 import numpy as np
 
 __all__ = [
+    "ARRAY_TYPE_CODES",
     "MAX_ARRAY_ELEMENTS",
     "MAX_CREATED_BYTES",
     "MAX_FILE_BYTES",
     "MAX_OPCODES",
+    "ArrayBuilder",
     "PickleRefused",
     "load_pickle_subset",
 ]
