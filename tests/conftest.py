@@ -32,9 +32,20 @@ def selected_backends(config: pytest.Config) -> tuple[str, ...]:
     return ALL_BACKENDS
 
 
+FLOAT_DTYPES = ("float64", "float32")
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parameterize ``backend_name`` over the selected backends and ``dtype`` over both float dtypes.
+
+    A test taking both runs on every (backend, dtype) pair, as scikit-learn's array API tests do.
+    """
     if "backend_name" in metafunc.fixturenames:
         metafunc.parametrize("backend_name", selected_backends(metafunc.config))
+    explicit = [m.args[0] for m in metafunc.definition.iter_markers("parametrize")]
+    named = {n.strip() for a in explicit for n in (a.split(",") if isinstance(a, str) else a)}
+    if "dtype" in metafunc.fixturenames and "dtype" not in named:
+        metafunc.parametrize("dtype", FLOAT_DTYPES)
 
 
 @pytest.fixture
@@ -52,14 +63,28 @@ def xp(backend):
     return backend.xp
 
 
+@pytest.fixture
+def other_backend(backend):
+    """A backend other than ``backend`` to compare it with: NumPy for every other one, array_api_strict for NumPy."""
+    return get_backend("array_api_strict" if backend.name == "numpy" else "numpy")
+
+
 def float_tol(dtype: str) -> float:
     """Relative tolerance about 100 x machine epsilon of ``dtype``."""
     return 100 * float(np.finfo(dtype).eps)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    """Print the largest gradient-check relative error seen in this run."""
+    """Print the skip reasons once each, with their counts, and the largest gradient-check error."""
     from helpers import GRAD_ERRORS
+
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"skipped {count}: {reason}")
 
     if GRAD_ERRORS:
         worst = max(GRAD_ERRORS, key=lambda e: e[0])

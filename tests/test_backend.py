@@ -86,8 +86,43 @@ def test_available_backends_reports_reasons():
     assert isinstance(avail["cupy"], str)
 
 
-def test_backend_generator_draws_on_the_device_and_matches_numpy(backend):
-    words = backend.random_uint32(backend.generator(11), (4, 5))
-    assert backend.owns(words)
-    ref = B.get_backend("numpy").random_uint32(B.get_backend("numpy").generator(11), (4, 5))
-    np.testing.assert_array_equal(backend.to_numpy(words), ref)
+def test_philox_words_are_made_on_the_device_and_equal_numpys_stream(backend):
+    key, counter = 2**100 + 11, 2**64 - 1  # the counter carries into its second word
+    words = backend.philox_uint32(key, counter, (4, 5))
+    assert backend.owns(words) and tuple(words.shape) == (4, 5)
+    raw = np.random.Philox(key=key, counter=counter).random_raw(12)  # 3 blocks of 4 words
+    np.testing.assert_array_equal(backend.to_numpy(words), raw.view(np.uint32)[:20].reshape(4, 5))
+
+
+def test_backend_of_an_array_is_the_backend_that_made_it(backend):
+    assert B.backend_of(backend.zeros((2,), "float32")) is backend
+
+
+def test_reference_twin_has_the_same_namespace_and_device_but_no_kernels(backend):
+    ref = backend.reference()
+    assert (ref.xp, ref.device, ref.name) == (backend.xp, backend.device, backend.name)
+    assert ref.step_path == "reference" and ref.update_kernel("adam") is None
+
+
+def test_xpdl_fused_0_selects_the_reference_twin(monkeypatch):
+    be = B.get_backend("numpy")
+    assert be.training_ops() is be
+    monkeypatch.setenv("XPDL_FUSED", "0")
+    assert be.training_ops().step_path == "reference"
+
+
+def test_a_bad_xpdl_backend_is_named_as_the_variable(monkeypatch):
+    monkeypatch.setenv("XPDL_BACKEND", "garbage")
+    with pytest.raises(ValueError, match=r"^XPDL_BACKEND: expected one of .* got 'garbage'"):
+        B.get_backend()
+
+
+@pytest.mark.parametrize("name", ["uint8", "uint16", "uint32", "uint64", "int8", "int64", "float32"])
+def test_dtype_names_keep_their_signedness(backend, name):
+    assert B.dtype_name(backend.dtype(name)) == name
+    assert B.dtype_name(np.dtype(name)) == name
+
+
+def test_unsigned_host_data_keeps_its_values(backend):
+    arr = backend.asarray(np.array([200, 255], np.uint8), dtype=np.uint8)
+    np.testing.assert_array_equal(backend.to_numpy(arr), [200, 255])

@@ -34,23 +34,25 @@ def philox_source() -> str:
             "for (long long i = 0; i < blocks; ++i) {\n" + cuda_kernels._PHILOX_BODY + "}\n}\n")
 
 
-def update_source(rule: str) -> tuple[str, list[str], list[str]]:
-    """Host functions ``<rule>_float`` / ``<rule>_double`` over flat arrays; returns source, scalar and array names."""
-    params, outs, body = cuda_kernels._UPDATE_BODIES[rule]
-    ins = [p.split() for p in params.split(",")]
-    arrays = [name for t, name in ins if t == "T"] + [o.split()[1] for o in outs.split(",")]
-    scalars = [name for t, name in ins if t != "T"]
+def update_source(rule: str) -> str:
+    """Host functions ``<rule>_float`` / ``<rule>_double`` looping the kernel body over flat arrays.
+
+    Their arguments are the ElementwiseKernel's, in its order (a pointer for each
+    array, a double for each scalar), then the element count.
+    """
+    params, outs, body = cuda_kernels.UPDATE_BODIES[rule]
+    args = [p.split() for p in params.split(",")] + [o.split() for o in outs.split(",")]
     out_names = [o.split()[1] for o in outs.split(",")]
     src = [PRELUDE]
     for T in ("float", "double"):
-        args = [f"{T}* {a}_p" for a in arrays] + [f"double {s}" for s in scalars] + ["long long N"]
-        src.append(f'extern "C" void {rule}_{T}({", ".join(args)}) {{')
+        decl = [f"{T}* {n}_p" if t == "T" else f"double {n}" for t, n in args] + ["long long N"]
+        src.append(f'extern "C" void {rule}_{T}({", ".join(decl)}) {{')
         src.append("typedef " + T + " T;")
         src.append("for (long long idx = 0; idx < N; ++idx) {")
-        src += [f"T {a} = {a}_p[idx];" for a in arrays if a not in out_names]
-        src += [f"T& {a} = {a}_p[idx];" for a in out_names]
+        src += [f"T {n} = {n}_p[idx];" for t, n in args if t == "T" and n not in out_names]
+        src += [f"T& {n} = {n}_p[idx];" for n in out_names]
         src += [body, "}", "}"]
-    return "\n".join(src), scalars, arrays
+    return "\n".join(src)
 
 
 def build(tmp_path, name: str, source: str) -> ctypes.CDLL:
@@ -79,44 +81,31 @@ def test_philox_kernel_source_reproduces_numpy_stream(tmp_path, key, counter, n)
     assert np.array_equal(out, raw.view(np.uint32)[:n])
 
 
-HYPER = {"adam": {"learning_rate": 1e-2, "t": 5}, "sgd": {"learning_rate": 0.1},
-         "sgd_momentum": {"learning_rate": 1e-2, "momentum": 0.8},
+HYPER = {"adam": {"learning_rate": 1e-2, "t": 5}, "adamw": {"learning_rate": 1e-2, "t": 5, "weight_decay": 0.1},
+         "sgd": {"learning_rate": 0.1}, "sgd_momentum": {"learning_rate": 1e-2, "momentum": 0.8},
          "rmsprop": {"learning_rate": 1e-2, "decay_rate": 0.95}}
 
 
-def kernel_scalars(rule: str, config: dict) -> dict:
-    """The scalar arguments :func:`xpdl.cuda_kernels.fused_update` passes, from a filled config."""
-    lr = config["learning_rate"]
-    if rule == "adam":
-        t = config["t"] + 1
-        return {"step": lr / (1 - config["beta1"] ** t), "b1": config["beta1"], "b2": config["beta2"],
-                "eps": config["epsilon"], "inv_c2": 1 / (1 - config["beta2"] ** t), "reg": 0.0}
-    if rule == "sgd":
-        return {"lr": lr, "reg": 0.0}
-    if rule == "sgd_momentum":
-        return {"lr": lr, "mu": config["momentum"], "reg": 0.0}
-    return {"lr": lr, "decay": config["decay_rate"], "eps": config["epsilon"], "reg": 0.0}
-
-
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("rule", updater.UPDATE_RULES)
+@pytest.mark.parametrize("rule", sorted(cuda_kernels.UPDATE_BODIES))
 def test_update_kernel_source_equals_reference_rule(tmp_path, rule, dtype):
-    source, scalars, arrays = update_source(rule)
-    lib = build(tmp_path, rule, source)
+    lib = build(tmp_path, rule, update_source(rule))
+    rule_obj = updater.get_rule(rule)
     rng = np.random.default_rng(3)
     w = rng.standard_normal(37).astype(dtype)
     g = rng.standard_normal(37).astype(dtype)
-    config = updater.fill_defaults(rule, dict(HYPER[rule]))
-    state = {k: np.abs(rng.standard_normal(37)).astype(dtype) for k in updater.STATE_KEYS[rule]}
-    expected_w, expected = getattr(updater, rule)(w.copy(), g.copy(), {**config, **{k: v.copy() for k, v in
-                                                                                  state.items()}})
-    buffers = {"g": g.copy(), "w": w.copy(), "m": state.get("m"), "v": state.get("v"),
-               "vel": state.get("velocity"), "cache": state.get("cache")}
-    values = kernel_scalars(rule, config)
+    state = tuple(np.abs(rng.standard_normal(37)).astype(dtype) for _ in rule_obj.state_keys)
+    config = rule_obj.fill_defaults(dict(HYPER[rule]))
+    expected_w, expected_state = rule_obj.reference(np, w, g, state, rule_obj.scalars(dict(config)))
+    w_k, state_k = w.copy(), tuple(a.copy() for a in state)
+    args = cuda_kernels.update_arguments(g.copy(), w_k, state_k, rule_obj.scalars(dict(config)))
     fn = getattr(lib, f"{rule}_{'float' if dtype == 'float32' else 'double'}")
-    fn(*[ptr(buffers[a]) for a in arrays], *[ctypes.c_double(values[s]) for s in scalars], ctypes.c_longlong(37))
+    fn(*[ptr(a) if isinstance(a, np.ndarray) else ctypes.c_double(a) for a in args], ctypes.c_longlong(37))
     tol = 1e-12 if dtype == "float64" else 1e-5
-    np.testing.assert_allclose(buffers["w"], expected_w, rtol=tol, atol=tol)
-    for key, buf in (("m", "m"), ("v", "v"), ("velocity", "vel"), ("cache", "cache")):
-        if key in expected and buffers[buf] is not None:
-            np.testing.assert_allclose(buffers[buf], expected[key], rtol=tol, atol=tol)
+    np.testing.assert_allclose(w_k, expected_w, rtol=tol, atol=tol)
+    for got, want in zip(state_k, expected_state):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_every_update_rule_has_a_cuda_kernel():
+    assert set(cuda_kernels.UPDATE_BODIES) == set(updater.UPDATE_RULES)

@@ -71,17 +71,17 @@ def test_batchnorm_and_dropout_work_together(backend):
     assert float(np.abs(host(net.bn_params[0]["running_mean"])).sum()) > 0
 
 
-def test_same_seed_gives_same_initial_weights_on_every_backend(backend):
-    ref = xpdl.FullyConnectedNet(input_dim=20, hidden_dims=[9], seed=5, backend="numpy")
+def test_same_seed_gives_same_initial_weights_on_every_backend(backend, other_backend):
+    ref = xpdl.FullyConnectedNet(input_dim=20, hidden_dims=[9], seed=5, backend=other_backend)
     net = xpdl.FullyConnectedNet(input_dim=20, hidden_dims=[9], seed=5, backend=backend)
     for k in ref.params:
         assert np.array_equal(host(net.params[k]), host(ref.params[k]))
         assert host(net.params[k]).dtype == np.float32
 
 
-def test_same_seed_gives_same_dropout_masks_on_every_backend(backend):
+def test_same_seed_gives_same_dropout_masks_on_every_backend(backend, other_backend):
     X, y = small_data(n=16)
-    ref = small_net("numpy", use_batchnorm=False, reg=0.0)
+    ref = small_net(other_backend, use_batchnorm=False, reg=0.0)
     net = small_net(backend, use_batchnorm=False, reg=0.0)
     for _ in range(3):
         assert float(ref.loss(X, y)[0]) == pytest.approx(float(net.loss(X, y)[0]), rel=1e-13)
@@ -136,7 +136,9 @@ def test_dropout_zero_means_no_dropout_and_p_is_keep_probability(backend):
     X, y = small_data(n=8)
     net = small_net(backend, dropout=0)
     assert not net.use_dropout and net.dropout_param == {}
-    assert float(net.loss(X, y)[0]) == float(net.loss(X, y)[0]) or net.use_batchnorm
+    state = net.rng.get_state()
+    assert float(net.loss(X, y)[0]) == float(net.loss(X, y)[0])  # no mask: the same loss twice
+    assert net.rng.get_state() == state  # and nothing drawn
     assert small_net(backend, dropout=0.25).dropout_param["p"] == 0.25
 
 
@@ -147,3 +149,49 @@ def test_dropout_zero_means_no_dropout_and_p_is_keep_probability(backend):
 def test_bad_constructor_arguments_are_refused(kw, match):
     with pytest.raises((TypeError, ValueError), match=match):
         small_net("numpy", **kw)
+
+
+@pytest.mark.parametrize("kw,error,match", [
+    ({"weight_scale": -1}, ValueError, "weight_scale: expected a finite number > 0, got -1.0"),
+    ({"weight_scale": 0}, ValueError, "weight_scale: expected a finite number > 0, got 0.0"),
+    ({"weight_scale": "0.1"}, TypeError, "weight_scale: expected a number, got '0.1'"),
+    ({"reg": float("nan")}, ValueError, "reg: expected a finite number, got nan"),
+    ({"reg": -0.1}, ValueError, r"reg: expected a finite number >= 0, got -0.1"),
+    ({"dropout": 1.5}, ValueError, r"dropout_param\['p'\]: expected a keep probability in \(0, 1\], got 1.5"),
+    ({"hidden_dims": 5}, TypeError, "hidden_dims: expected a list of positive ints, got 5"),
+    ({"hidden_dims": [4, 0]}, ValueError, r"hidden_dims\[\]: expected a positive int, got 0"),
+    ({"input_dim": 1e12}, ValueError, "input_dim: expected a positive int, got 1000000000000.0"),
+    ({"dtype": "float16"}, ValueError, r"dtype: expected one of \('float32', 'float64'\), got 'float16'"),
+])
+def test_nonsense_arguments_are_refused_naming_the_argument(backend, kw, error, match):
+    with pytest.raises(error, match=match):
+        small_net(backend, **kw)
+
+
+def test_empty_batches_and_zero_prediction_batches_are_refused_clearly(backend):
+    net = small_net(backend)
+    with pytest.raises(ValueError, match=r"X: expected at least one sample for a training loss, got shape \(0, 6\)"):
+        net.loss(np.zeros((0, 6)), np.zeros(0, dtype=np.int64))
+    with pytest.raises(ValueError, match="batch_size: expected a positive int, got 0"):
+        net.predict(np.zeros((3, 6)), batch_size=0)
+    assert net.predict(np.zeros((0, 6))).shape == (0,)
+
+
+def test_check_config_and_state_shapes_allocate_nothing():
+    from xpdl.fc_net import check_config, state_shapes
+
+    cfg = check_config(input_dim=10**9, hidden_dims=[10**9], num_classes=10, use_batchnorm=True)
+    assert cfg["normalization"] == "batchnorm"
+    shapes = state_shapes(cfg)  # a net of 10**18 weights: only its shapes are computed
+    assert shapes["W1"] == (10**9, 10**9) and shapes["bn1.running_var"] == (10**9,)
+    assert sorted(state_shapes({**cfg, "normalization": "layernorm"})) == ["W1", "W2", "b1", "b2", "beta1", "gamma1"]
+    with pytest.raises(TypeError):
+        state_shapes({**cfg, "bogus": 1})
+
+
+def test_host_data_is_cast_to_the_nets_dtype_before_it_is_copied(backend):
+    net = small_net(backend, dtype="float32")
+    X = net.as_input(np.arange(12, dtype=np.int64).reshape(2, 6))
+    assert backend.owns(X) and host(X).dtype == np.float32
+    with pytest.raises(TypeError, match="X: expected a numeric array, got dtype <U1"):
+        net.as_input(np.array([list("abcdef")]))

@@ -110,3 +110,59 @@ def test_defaults_are_the_seed_defaults():
     assert updater.fill_defaults("adam", None) == {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999,
                                                    "epsilon": 1e-8, "t": 0}
     assert updater.fill_defaults("rmsprop", {"learning_rate": 5.0})["learning_rate"] == 5.0
+
+
+# torch.optim.AdamW(lr=1e-2, weight_decay=0.1), one step from zero state on W, DW (torch 2.13, float64)
+ADAMW_EXPECTED_W = [[-0.3896000002, -0.3370210528, -0.2844421055, -0.2318631581, -0.1792842108],
+                    [-0.1267052635, -0.0741263161, -0.0215473689, 0.0310315784, 0.0836105255],
+                    [0.1361894723, 0.1887684163, 0.2213473716, 0.273926317, 0.3265052639],
+                    [0.3790842111, 0.4316631583, 0.4842421056, 0.5368210529, 0.5894000002]]
+
+
+def test_adamw_known_answer_from_torch(backend):
+    config = {"learning_rate": 1e-2, "weight_decay": 0.1}
+    next_w, config = updater.adamw(backend.asarray(W), backend.asarray(DW), config)
+    assert_close(next_w, ADAMW_EXPECTED_W, rtol=1e-8, atol=1e-9)
+    assert config["t"] == 1
+    assert_close(config["v"], 0.001 * DW**2, rtol=1e-12)
+
+
+def test_adamw_decay_is_decoupled_from_the_gradient(backend):
+    """With a zero gradient Adam leaves w alone while AdamW shrinks it by lr * weight_decay exactly."""
+    w, zero = backend.asarray(W), backend.asarray(np.zeros_like(W))
+    assert_close(updater.adam(w, zero, {"learning_rate": 0.1})[0], W, rtol=0)
+    assert_close(updater.adamw(w, zero, {"learning_rate": 0.1, "weight_decay": 0.5})[0], W * (1 - 0.05), rtol=1e-15)
+
+
+def test_adamw_equals_torch_over_several_steps():
+    torch = pytest.importorskip("torch", reason="torch is not installed: the comparison with torch.optim.AdamW")
+    rng = np.random.default_rng(0)
+    w0, grads = rng.standard_normal((3, 4)), rng.standard_normal((6, 3, 4))
+    p = torch.tensor(w0.copy(), requires_grad=True)
+    opt = torch.optim.AdamW([p], lr=3e-2, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.2)
+    w, config = w0.copy(), {"learning_rate": 3e-2, "beta1": 0.8, "beta2": 0.95, "epsilon": 1e-6,
+                            "weight_decay": 0.2}
+    for g in grads:
+        p.grad = torch.tensor(g)
+        opt.step()
+        w, config = updater.adamw(w, g, config)
+    np.testing.assert_allclose(w, p.detach().numpy(), rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("config,match", [
+    ({"learnin_rate": 1e-3}, r"unknown key 'learnin_rate' for update rule 'adam'; known keys: learning_rate, beta1"),
+    ({"learning_rate": -1e-3}, r"\['learning_rate'\]: expected a finite number >= 0, got -0.001"),
+    ({"learning_rate": "fast"}, r"\['learning_rate'\]: expected a finite number >= 0, got 'fast'"),
+    ({"beta1": 1.0}, r"\['beta1'\]: expected a number in \[0, 1\), got 1.0"),
+    ({"epsilon": float("nan")}, r"\['epsilon'\]: expected a finite number > 0, got nan"),
+    ({"t": None}, r"\['t'\]: expected an int >= 0, got None"),
+])
+def test_bad_configs_are_named(config, match):
+    with pytest.raises(ValueError, match=match):
+        updater.get_rule("adam").check_config(config)
+
+
+def test_every_rule_declares_its_defaults_and_state():
+    for name, rule in updater.RULES.items():
+        assert rule.name == name and "learning_rate" in rule.defaults
+        assert updater.DEFAULTS[name] == rule.defaults and updater.STATE_KEYS[name] == rule.state_keys

@@ -7,8 +7,8 @@ else the CPU, saying why).
 """
 
 from xpdl.backend import Backend, BackendUnavailable, available_backends, get_backend
+from xpdl.backend import describe_paths as fast_paths_info
 from xpdl.fc_net import FullyConnectedNet
-from xpdl.fused_step import describe_paths as fast_paths_info
 from xpdl.rng import Generator
 from xpdl.trainer import Trainer
 

@@ -21,12 +21,17 @@ The default name comes from the ``XPDL_BACKEND`` environment variable, else ``"a
 
 from __future__ import annotations
 
+import math
 import os
 import sys
-from dataclasses import dataclass, field
 from typing import Any
 
+import array_api_compat
 import numpy as np
+
+from xpdl.bn_layers import NORMALIZATIONS
+from xpdl.dropout_layers import dropout_backward, dropout_forward
+from xpdl.layers import affine_backward, affine_forward, affine_param_grads, relu_backward, relu_forward
 
 BACKEND_NAMES = ("auto", "numpy", "cupy", "cupy:N", "array_api_strict")
 CUDA_INSTALL_HINT = 'pip install "xpdl[cuda12]" (CUDA 12) or "xpdl[cuda13]" (CUDA 13)'
@@ -36,28 +41,35 @@ class BackendUnavailable(RuntimeError):
     """A backend was asked for by name but cannot run on this machine."""
 
 
-@dataclass(eq=False)
 class Backend:
-    """One array library on one device.
+    """One array library on one device; its methods are the reference math of a training step.
+
+    This base class runs every namespace (``array_api_strict`` runs exactly these
+    methods): host/device copies, Philox random words, the hidden layer's
+    forward/backward composed from the functional layers, the L2 term and the
+    update rules' reference steps. :class:`xpdl.numpy_backend.NumpyBackend` and
+    :class:`xpdl.cupy_backend.CupyBackend` override the hot methods with compiled
+    kernels that compute the same numbers (tested against these).
 
     Attributes:
         name: canonical name, e.g. ``"numpy"``, ``"cupy:0"``, ``"array_api_strict"``.
         xp: the array namespace (Array API standard functions).
         device: the device object arrays are created on (``xp``'s own type).
         reason: one line saying why this backend was chosen.
+        is_gpu: True when arrays live on a CUDA device (reading a value waits for the device).
+        step_path: the name of the training-step implementation it runs.
     """
 
-    name: str
-    xp: Any
-    device: Any
-    reason: str = ""
-    _cupy: Any = field(default=None, repr=False)
+    is_gpu = False
+    step_path = "reference"
 
-    @property
-    def is_gpu(self) -> bool:
-        """True when arrays live on a CUDA device."""
-        return self._cupy is not None
+    def __init__(self, name: str, xp: Any, device: Any, reason: str = "") -> None:
+        self.name, self.xp, self.device, self.reason = name, xp, device, reason
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    # ---------------------------------------------------------------- host and device
     def asarray(self, obj: Any, dtype: Any = None) -> Any:
         """Copy host data (NumPy array, list, scalar) or an array of any backend to this device.
 
@@ -65,15 +77,9 @@ class Backend:
         """
         if dtype is not None:
             dtype = self.dtype(dtype)
-        if self._cupy is not None:
-            with self._cupy.cuda.Device(self.device.id):
-                if not isinstance(obj, self._cupy.ndarray):
-                    obj = to_numpy(obj)
-                return self._cupy.asarray(obj, dtype=dtype)
-        if self.xp is not _numpy_xp():
-            obj = to_numpy(obj) if not isinstance(obj, (int, float, list, tuple)) else obj
-            return self.xp.asarray(obj, dtype=dtype, device=self.device)
-        return np.asarray(to_numpy(obj), dtype=dtype)
+        if not isinstance(obj, (int, float, list, tuple)):
+            obj = to_numpy(obj)
+        return self.xp.asarray(obj, dtype=dtype, device=self.device)
 
     def to_numpy(self, arr: Any) -> np.ndarray:
         """Copy an array of this (or any) backend to a host NumPy array."""
@@ -91,28 +97,11 @@ class Backend:
         """Zeros of ``shape`` and ``dtype`` on this device."""
         return self.xp.zeros(shape, dtype=self.dtype(dtype), device=self.device)
 
-    def generator(self, seed: int | None = None) -> Any:
-        """A seeded :class:`xpdl.rng.Generator`; its draws for this backend's arrays are made on the device.
-
-        The same seed gives the same numbers on every backend.
-        """
-        from xpdl.rng import Generator
-
-        return Generator(seed)
-
-    def random_uint32(self, rng: Any, shape: tuple[int, ...]) -> Any:
-        """Random uint32 words of ``shape`` drawn from ``rng`` directly on this backend's device."""
-        return rng.random_uint32(shape, like=self.zeros((1,), "float32"))
-
     def synchronize(self) -> None:
-        """Wait until all work queued on the device is done (for timing)."""
-        if self._cupy is not None:
-            self._cupy.cuda.Device(self.device.id).synchronize()
+        """Wait until all work queued on the device is done (for timing); nothing to wait for on the CPU."""
 
     def owns(self, arr: Any) -> bool:
         """True when ``arr`` is an array of this backend's namespace and device."""
-        import array_api_compat
-
         try:
             ns = array_api_compat.array_namespace(arr)
         except TypeError:
@@ -122,20 +111,125 @@ class Backend:
         return array_api_compat.device(arr) == self.device
 
     def describe(self) -> str:
-        """Human-readable device description, e.g. ``"cupy:0 (NVIDIA H200, 139.8 GiB)"``."""
-        if self._cupy is not None:
-            props = self._cupy.cuda.runtime.getDeviceProperties(self.device.id)
-            name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-            gib = props["totalGlobalMem"] / 2**30
-            return f"{self.name} ({name}, {gib:.1f} GiB)"
+        """Human-readable device description, e.g. ``"numpy (CPU: AMD EPYC)"``."""
         return f"{self.name} (CPU: {cpu_name()})"
+
+    def reference(self) -> Backend:
+        """This backend without its compiled kernels: the reference math on the same namespace and device."""
+        return Backend(self.name, self.xp, self.device, self.reason)
+
+    def training_ops(self) -> Backend:
+        """The backend a training step runs on: this one, or :meth:`reference` when ``XPDL_FUSED=0``."""
+        return self.reference() if os.environ.get("XPDL_FUSED", "1") == "0" else self
+
+    # ---------------------------------------------------------------- randomness
+    def philox_uint32(self, key: int, counter: int, shape: tuple[int, ...]) -> Any:
+        """uint32 Philox4x64-10 words of ``shape`` on this device: block j encrypts ``counter + 1 + j``.
+
+        The stream layout is described in :mod:`xpdl.rng`; here NumPy's own Philox
+        makes them on the host and they are copied.
+        """
+        n = math.prod(shape)
+        blocks = -(-n // 8)
+        raw = np.random.Philox(key=key, counter=counter).random_raw(blocks * 4)
+        words = raw.astype("<u8", copy=False).view("<u4")[:n].reshape(shape)
+        return self.asarray(words)
+
+    # ---------------------------------------------------------------- a training step
+    def hidden_forward(self, x: Any, params: dict, layer: Any, dropout_param: dict | None,
+                       buffers: dict | None = None) -> tuple[Any, Any]:
+        """Train-mode ``dropout(relu(norm(x @ W + b)))`` of hidden layer ``layer``.
+
+        Inputs:
+            x: (N, D) input; params: the net's parameters (``W{i}`` (D, H), ``b{i}``,
+            ``gamma{i}``, ``beta{i}`` (H,)); layer: a :class:`xpdl.fc_net.HiddenLayer`
+            (index, normalization and its param dict); dropout_param: the net's, or None;
+            buffers: a dict this method may keep workspaces in between calls (None: fresh arrays).
+
+        Returns:
+            h: (N, H); cache for :meth:`hidden_backward`.
+        """
+        i = layer.index
+        a, fc_cache = affine_forward(x, params[f"W{i}"], params[f"b{i}"])
+        norm_cache = None
+        if layer.normalization is not None:
+            forward = NORMALIZATIONS[layer.normalization].forward
+            a, norm_cache = forward(a, params[f"gamma{i}"], params[f"beta{i}"], layer.norm_param)
+        h, relu_cache = relu_forward(a)
+        drop_cache = None
+        if dropout_param is not None:
+            h, drop_cache = dropout_forward(h, dropout_param)
+        return h, (layer, fc_cache, norm_cache, relu_cache, drop_cache)
+
+    def hidden_backward(self, dh: Any, cache: Any, input_grad: bool = True,
+                        buffers: dict | None = None) -> tuple[Any, dict]:
+        """Backward of :meth:`hidden_forward`: ``dx`` (N, D) (None if not ``input_grad``) and the grads dict.
+
+        The grads dict has ``W{i}`` (D, H), ``b{i}`` (H,) and, with a normalization,
+        ``gamma{i}``, ``beta{i}`` (H,). A bias that the normalization cancels gets an
+        exactly zero gradient (the computed sum is rounding noise that Adam and
+        RMSProp would turn into a random walk).
+        """
+        layer, fc_cache, norm_cache, relu_cache, drop_cache = cache
+        i = layer.index
+        if drop_cache is not None:
+            dh = dropout_backward(dh, drop_cache)
+        da = relu_backward(dh, relu_cache)
+        grads = {}
+        if norm_cache is not None:
+            norm = NORMALIZATIONS[layer.normalization]
+            da, grads[f"gamma{i}"], grads[f"beta{i}"] = norm.backward(da, norm_cache)
+        if input_grad:
+            dx, grads[f"W{i}"], grads[f"b{i}"] = affine_backward(da, fc_cache)
+        else:
+            dx = None
+            grads[f"W{i}"], grads[f"b{i}"] = affine_param_grads(da, fc_cache)
+        if layer.normalization is not None and NORMALIZATIONS[layer.normalization].cancels_bias:
+            grads[f"b{i}"] = self.xp.zeros_like(grads[f"b{i}"])
+        return dx, grads
+
+    def output_forward(self, x: Any, w: Any, b: Any, buffers: dict | None = None) -> tuple[Any, Any]:
+        """Class scores ``x @ w + b`` (N, C) of the last affine layer, and its cache."""
+        return affine_forward(x, w, b)
+
+    def output_backward(self, dscores: Any, cache: Any, input_grad: bool = True,
+                        buffers: dict | None = None) -> tuple[Any, Any, Any]:
+        """Backward of :meth:`output_forward`: ``dx`` (None if not ``input_grad``), ``dw``, ``db``."""
+        if input_grad:
+            return affine_backward(dscores, cache)
+        return (None, *affine_param_grads(dscores, cache))
+
+    def add_l2(self, dw: Any, w: Any, reg: float) -> tuple[Any, Any]:
+        """``dw + reg * w`` and ``sum(w**2)`` (a 0-d array): the L2 term's gradient and its loss sum."""
+        return dw + reg * w, self.xp.sum(w * w)
+
+    def update(self, rule: Any, w: Any, g: Any, config: dict) -> Any:
+        """One step of update rule ``rule`` (an :class:`xpdl.updater.UpdateRule`) on ``w``; returns the new ``w``.
+
+        ``config`` holds the rule's hyperparameters (defaults filled) and state, which
+        is updated. Backends with a compiled kernel for the rule update ``w`` and the
+        state in place and return ``w``; otherwise the rule's reference step runs.
+        """
+        state = rule.state(config, w)
+        s = rule.scalars(config)
+        kernel = self.update_kernel(rule.name)
+        if kernel is not None:
+            kernel(w, g, state, s)
+            return w
+        new_w, new_state = rule.reference(self.xp, w, g, state, s)
+        config.update(zip(rule.state_keys, new_state))
+        return new_w
+
+    def update_kernel(self, rule_name: str) -> Any:
+        """A function ``f(w, g, state, scalars)`` updating in place for rule ``rule_name``, or None."""
+        return None
 
 
 def dtype_name(dtype: Any) -> str:
     """The standard name (``"float32"``) of a dtype of any namespace."""
     text = str(dtype)
-    for name in ("float64", "float32", "float16", "int64", "int32", "int16", "int8",
-                 "uint64", "uint32", "uint16", "uint8", "bool"):
+    for name in ("float64", "float32", "float16", "uint64", "uint32", "uint16", "uint8",
+                 "int64", "int32", "int16", "int8", "bool"):
         if text.endswith(name) or text == f"<class 'numpy.{name}'>" or text.endswith(f"{name}'>"):
             return name
     try:
@@ -171,12 +265,6 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def _numpy_xp() -> Any:
-    import array_api_compat.numpy
-
-    return array_api_compat.numpy
-
-
 def _namespace_key(ns: Any) -> str:
     name = getattr(ns, "__name__", "")
     for key in ("cupy", "array_api_strict", "numpy"):
@@ -186,8 +274,10 @@ def _namespace_key(ns: Any) -> str:
 
 
 def numpy_backend() -> Backend:
-    """NumPy on the CPU."""
-    return Backend("numpy", _numpy_xp(), "cpu", "numpy asked for")
+    """NumPy on the CPU, with the compiled CPU kernels."""
+    from xpdl.numpy_backend import NumpyBackend
+
+    return NumpyBackend()
 
 
 def strict_backend() -> Backend:
@@ -209,10 +299,9 @@ def cupy_backend(device_id: int = 0) -> Backend:
     why = cuda_problem(cupy, device_id)
     if why:
         raise BackendUnavailable(f"backend 'cupy:{device_id}' cannot run here: {why}")
-    import array_api_compat.cupy
+    from xpdl.cupy_backend import CupyBackend
 
-    return Backend(f"cupy:{device_id}", array_api_compat.cupy, cupy.cuda.Device(device_id),
-                   f"cupy:{device_id} asked for", _cupy=cupy)
+    return CupyBackend(cupy, device_id)
 
 
 def _import_cupy() -> Any:
@@ -258,6 +347,43 @@ _CACHE: dict[str, Backend] = {}
 _ANNOUNCED: set[str] = set()
 
 
+ENV_VARIABLE = "XPDL_BACKEND"
+
+
+def default_backend_name() -> str:
+    """The backend name ``XPDL_BACKEND`` asks for (checked), else ``"auto"``.
+
+    Raises:
+        ValueError: the variable holds no known backend name; the message names the variable.
+    """
+    text = os.environ.get(ENV_VARIABLE, "").strip()
+    if not text:
+        return "auto"
+    return parse_backend_name(text, source=ENV_VARIABLE)
+
+
+def parse_backend_name(name: Any, source: str = "backend") -> str:
+    """The canonical form of a backend name (``"numpy"``, ``"cupy:1"``, ...); the one parser of names.
+
+    ``source`` names where the name came from in the error (``"backend"``, ``"--backend"``,
+    ``"XPDL_BACKEND"``).
+
+    Raises:
+        TypeError: ``name`` is not a string.
+        ValueError: not one of :data:`BACKEND_NAMES` (``cupy:N`` with an integer N >= 0).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"{source}: expected a backend name {BACKEND_NAMES} or a Backend, got {type(name).__name__}")
+    key = name.strip().lower()
+    if key in ("auto", "numpy", "cupy", "array_api_strict"):
+        return key
+    if key.startswith("cupy:"):
+        digits = key.split(":", 1)[1]
+        if digits.isdigit():
+            return f"cupy:{int(digits)}"
+    raise ValueError(f"{source}: expected one of {', '.join(BACKEND_NAMES)} (N an integer >= 0), got {name!r}")
+
+
 def get_backend(name: str | Backend | None = None) -> Backend:
     """The :class:`Backend` for ``name`` (see the module docstring); cached per name.
 
@@ -265,11 +391,7 @@ def get_backend(name: str | Backend | None = None) -> Backend:
     """
     if isinstance(name, Backend):
         return name
-    if name is None:
-        name = os.environ.get("XPDL_BACKEND", "auto") or "auto"
-    if not isinstance(name, str):
-        raise TypeError(f"backend: expected a name {BACKEND_NAMES} or a Backend, got {type(name).__name__}")
-    key = name.strip().lower()
+    key = default_backend_name() if name is None else parse_backend_name(name)
     if key not in _CACHE:
         _CACHE[key] = _make_backend(key)
     return _CACHE[key]
@@ -280,23 +402,9 @@ def _make_backend(key: str) -> Backend:
         return numpy_backend()
     if key == "array_api_strict":
         return strict_backend()
-    if key == "cupy" or key.startswith("cupy:"):
-        return cupy_backend(_device_id(key))
     if key == "auto":
         return _auto_backend()
-    raise ValueError(f"backend: expected one of {BACKEND_NAMES}, got {key!r}")
-
-
-def _device_id(key: str) -> int:
-    if key == "cupy":
-        return 0
-    try:
-        device_id = int(key.split(":", 1)[1])
-    except ValueError:
-        raise ValueError(f"backend: expected 'cupy:N' with an integer N >= 0, got {key!r}") from None
-    if device_id < 0:
-        raise ValueError(f"backend: expected 'cupy:N' with N >= 0, got {key!r}")
-    return device_id
+    return cupy_backend(0 if key == "cupy" else int(key.split(":", 1)[1]))
 
 
 def _auto_backend() -> Backend:
@@ -317,6 +425,21 @@ def announce(message: str) -> None:
         return
     _ANNOUNCED.add(message)
     print(f"xpdl: {message}", file=sys.stderr)
+
+
+def backend_of(arr: Any) -> Backend:
+    """The backend whose namespace and device array ``arr`` belongs to."""
+    key = _namespace_key(array_api_compat.array_namespace(arr))
+    if key == "cupy":
+        return get_backend(f"cupy:{arr.device.id}")
+    if key in ("numpy", "array_api_strict"):
+        return get_backend(key)
+    raise TypeError(f"arr: expected a NumPy, CuPy or array_api_strict array, got {type(arr).__name__}")
+
+
+def describe_paths() -> str:
+    """One line naming the training-step implementation of each kind of backend."""
+    return "CPU: numpy-fused (numba); CuPy: cupy-fused-update; others: reference xp"
 
 
 def available_backends() -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Batch normalization, written once against ``xp``.
+"""Batch normalization and layer normalization, written once against ``xp``.
 
 ``bn_param`` keys:
     mode: ``'train'`` (normalize with batch statistics and update the running
@@ -9,10 +9,16 @@
     running_mean, running_var: (D,) arrays; start at zeros of x's dtype and device.
 
 The variance is the biased batch variance (divide by N), as in cs231n.
+
+Layer normalization (Ba, Kiros & Hinton, 2016) normalizes each sample over its
+features instead, the same in training and at test time, so it keeps no running
+statistics. ``ln_param`` keys: eps (default 1e-5).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from xpdl.arrays import check_mode, device, namespace
@@ -107,6 +113,46 @@ def batchnorm_backward_alt(dout: Any, cache: dict) -> tuple[Any, Any, Any]:
     return dx, dgamma, dbeta
 
 
+def layernorm_forward(x: Any, gamma: Any, beta: Any, ln_param: dict) -> tuple[Any, dict]:
+    """Layer normalization of each row of ``x`` (N, D), scaled by ``gamma`` (D,) and shifted by ``beta`` (D,).
+
+    ``out[i] = gamma * (x[i] - mean(x[i])) / sqrt(var(x[i]) + eps) + beta`` with the
+    biased variance over the D features of sample i.
+
+    Returns:
+        out: (N, D); cache: a dict for :func:`layernorm_backward`.
+    """
+    xp = namespace(x=x, gamma=gamma, beta=beta)
+    if x.ndim != 2:
+        raise ValueError(f"x: expected a 2-D (N, D) array, got shape {tuple(x.shape)}")
+    eps = ln_param.get("eps", 1e-5)
+    mu = xp.mean(x, axis=1, keepdims=True)
+    xmu = x - mu
+    var = xp.mean(xmu * xmu, axis=1, keepdims=True)
+    inv_std = 1.0 / xp.sqrt(var + eps)
+    xhat = xmu * inv_std
+    return gamma * xhat + beta, {"xhat": xhat, "inv_std": inv_std, "gamma": gamma}
+
+
+def layernorm_backward(dout: Any, cache: dict) -> tuple[Any, Any, Any]:
+    """Backward pass of :func:`layernorm_forward`: the closed form of batch norm's, over rows.
+
+    ``dx = inv_std / D * (D * dxhat - sum_j(dxhat) - xhat * sum_j(dxhat * xhat))``
+    per row, ``dxhat = gamma * dout``. Inputs: dout (N, D). Returns: dx (N, D),
+    dgamma (D,), dbeta (D,).
+    """
+    xp = namespace(dout=dout, xhat=cache["xhat"])
+    d = dout.shape[1]
+    xhat = cache["xhat"]
+    dbeta = xp.sum(dout, axis=0)
+    dgamma = xp.sum(xhat * dout, axis=0)
+    dxhat = cache["gamma"] * dout
+    sum_d = xp.sum(dxhat, axis=1, keepdims=True)
+    sum_dx = xp.sum(dxhat * xhat, axis=1, keepdims=True)
+    dx = (cache["inv_std"] / d) * (d * dxhat - sum_d - xhat * sum_dx)
+    return dx, dgamma, dbeta
+
+
 def affine_bn_relu_forward(x: Any, w: Any, b: Any, gamma: Any, beta: Any, bn_param: dict) -> tuple[Any, tuple]:
     """Affine - batch norm - ReLU. Shapes as :func:`xpdl.layers.affine_forward`."""
     a, cache_affine = affine_forward(x, w, b)
@@ -122,3 +168,27 @@ def affine_bn_relu_backward(dout: Any, cache: tuple) -> tuple[Any, Any, Any, Any
     da, dgamma, dbeta = batchnorm_backward_alt(dh, cache_bn)
     dx, dw, db = affine_backward(da, cache_affine)
     return dx, dw, db, dgamma, dbeta
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """A normalization layer as the net uses it after an affine layer.
+
+    Attributes:
+        forward: ``(x, gamma, beta, param) -> (out, cache)``.
+        backward: ``(dout, cache) -> (dx, dgamma, dbeta)``.
+        cancels_bias: the layer subtracts a per-feature batch mean, so a bias before it has no effect.
+        running_stats: the layer keeps ``running_mean`` / ``running_var`` in its param dict.
+    """
+
+    forward: Callable[..., tuple[Any, Any]]
+    backward: Callable[..., tuple[Any, Any, Any]]
+    cancels_bias: bool
+    running_stats: bool
+
+
+#: The normalizations a :class:`xpdl.FullyConnectedNet` can put after its hidden affine layers.
+NORMALIZATIONS = {
+    "batchnorm": Normalization(batchnorm_forward, batchnorm_backward_alt, cancels_bias=True, running_stats=True),
+    "layernorm": Normalization(layernorm_forward, layernorm_backward, cancels_bias=False, running_stats=False),
+}

@@ -25,11 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from xpdl.backend import Backend, BackendUnavailable, available_backends, get_backend
+from xpdl.backend import Backend, BackendUnavailable, available_backends, describe_paths, get_backend
 from xpdl.checkpoint import CheckpointError, build_model, load_checkpoint, remove_stale_temporaries, restore_trainer
 from xpdl.datasets import DATASETS, DatasetError, apply_preprocessing, load_dataset, load_raw
 from xpdl.fc_net import FullyConnectedNet
-from xpdl.fused_step import describe_paths
 from xpdl.history import BEST_FILE, CHECKPOINT_FILE, RunRecorder
 from xpdl.progress import Progress, choose_mode
 from xpdl.trainer import Trainer

@@ -1,14 +1,18 @@
-"""Compiled single-threaded CPU kernels (numba) for the fused NumPy training step.
+"""Compiled single-threaded CPU kernels (numba) that :class:`xpdl.numpy_backend.NumpyBackend` runs.
 
-Each kernel does in one or two passes over memory what the reference
-``xp`` code does in several; :mod:`xpdl.fused_step` calls them and the tests
-check them against the reference functions. All multithreading is left to the
-BLAS: after each matrix product its worker threads keep spinning for a while,
-and a second thread pool beside them would stall, so these kernels run on the
-calling thread.
+Each kernel does in one or two passes over memory what the reference ``xp``
+code (:class:`xpdl.backend.Backend`, :mod:`xpdl.updater`) does in several; the
+tests check every kernel against that reference. All multithreading is left
+to the BLAS: after each matrix product its worker threads keep spinning for a
+while, and a second thread pool beside them would stall, so these kernels run
+on the calling thread.
 
-``AVAILABLE`` is False (and nothing here is used) when numba is not installed.
-Compilations are cached on disk, so only the first run pays for them.
+Imported only when a NumPy training step first runs (``import xpdl`` does not
+load numba). Compilations are cached on disk, so only the first run pays.
+
+Array arguments: ``a``, ``h``, ``xhat``, ``dh``, ``da`` (N, H) in the
+parameters' dtype; ``b``, ``gamma``, ``beta`` (H,); ``words`` (N, H) uint32
+or (0, 0) for no dropout; ``keep`` (N, H) uint8 or (0, 0).
 """
 
 from __future__ import annotations
@@ -16,20 +20,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-try:
-    from numba import njit
-
-    AVAILABLE = True
-except ImportError:  # the reference xp path is used instead
-    AVAILABLE = False
-
-    def njit(*args, **kwargs):  # type: ignore[no-redef]
-        def wrap(f):
-            return f
-
-        return wrap if not args or not callable(args[0]) else args[0]
-
+from numba import njit
 
 _JIT = {"cache": True, "nogil": True, "fastmath": False, "error_model": "numpy"}
 
@@ -150,6 +141,68 @@ def relu_dropout_backward(dh, h, keep, scale, da, db):
 
 
 @njit(**_JIT)
+def ln_relu_dropout_forward(a, b, gamma, beta, eps, words, threshold, scale, xhat, h, keep, inv_std):
+    """Train-mode ``h = dropout(relu(layernorm(a + b)))`` for ``a`` (N, H).
+
+    Writes ``xhat`` (N, H), ``h`` (N, H), ``keep`` (N, H) (when ``words`` has rows)
+    and ``inv_std`` (N,), one per sample. Row statistics are accumulated in
+    float64, in two passes (mean, then the squared deviations).
+    """
+    n, d = a.shape
+    dropout = words.shape[0] > 0
+    for i in range(n):
+        mean = 0.0
+        for j in range(d):
+            mean += a[i, j] + b[j]
+        mean /= d
+        var = 0.0
+        for j in range(d):
+            t = a[i, j] + b[j] - mean
+            var += t * t
+        r = 1.0 / math.sqrt(var / d + eps)
+        inv_std[i] = r
+        for j in range(d):
+            xh = (a[i, j] + b[j] - mean) * r
+            xhat[i, j] = xh
+            h[i, j] = _relu_dropout(gamma[j] * xh + beta[j], i, j, dropout, words, threshold, scale, keep)
+
+
+@njit(**_JIT)
+def ln_relu_dropout_backward(dh, h, xhat, gamma, inv_std, keep, scale, da, dgamma, dbeta, db):
+    """Backward pass of :func:`ln_relu_dropout_forward`: ``da`` (N, H), ``dgamma``, ``dbeta``, ``db`` (H,).
+
+    Per row, with ``d`` the gradient at the normalization's output and ``dxhat = gamma * d``:
+    ``da = inv_std / H * (H * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat))``; ``db`` is
+    the column sum of ``da`` (layer norm does not cancel the bias before it).
+    """
+    n, m = dh.shape
+    dropout = keep.shape[0] > 0
+    col_d = np.zeros(m, np.float64)
+    col_dx = np.zeros(m, np.float64)
+    col_da = np.zeros(m, np.float64)
+    for i in range(n):
+        sum_d = 0.0
+        sum_dx = 0.0
+        for j in range(m):
+            g = _relu_dropout_grad(dh[i, j], h[i, j], dropout, scale)
+            col_d[j] += g
+            col_dx[j] += g * xhat[i, j]
+            dxh = g * gamma[j]
+            da[i, j] = dxh
+            sum_d += dxh
+            sum_dx += dxh * xhat[i, j]
+        r = inv_std[i] / m
+        for j in range(m):
+            v = r * (m * da[i, j] - sum_d - xhat[i, j] * sum_dx)
+            da[i, j] = v
+            col_da[j] += v
+    for j in range(m):
+        dbeta[j] = col_d[j]
+        dgamma[j] = col_dx[j]
+        db[j] = col_da[j]
+
+
+@njit(**_JIT)
 def adam_update(w, g, m, v, step, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, inv_c2):
     """In place, over flat ``w, g, m, v``: one Adam step.
 
@@ -168,6 +221,36 @@ def adam_update(w, g, m, v, step, beta1, one_minus_beta1, beta2, one_minus_beta2
         w[i] = wi - step * mi / (np.sqrt(vi * inv_c2) + eps)
 
 
+def adam_args(s, cast):
+    """:func:`adam_update`'s scalars from :meth:`xpdl.updater.Adam.scalars`, in the parameters' dtype."""
+    lr, b1, b2, eps, c1, c2 = s[:6]
+    return cast(lr / c1), cast(b1), cast(1.0 - b1), cast(b2), cast(1.0 - b2), cast(eps), cast(1.0 / c2)
+
+
+@njit(**_JIT)
+def adamw_update(w, g, m, v, decay, step, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, inv_sqrt_c2):
+    """In place, over flat ``w, g, m, v``: one AdamW step as ``torch.optim.AdamW``.
+
+    ``decay = 1 - lr * weight_decay``, ``step = lr / (1 - beta1**t)``,
+    ``inv_sqrt_c2 = 1 / sqrt(1 - beta2**t)``: ``w = w * decay - step * m / (sqrt(v) * inv_sqrt_c2 + eps)``.
+    """
+    for i in range(w.size):
+        wi = w[i]
+        gi = g[i]
+        mi = beta1 * m[i] + one_minus_beta1 * gi
+        vi = beta2 * v[i] + one_minus_beta2 * (gi * gi)
+        m[i] = mi
+        v[i] = vi
+        w[i] = wi * decay - step * mi / (np.sqrt(vi) * inv_sqrt_c2 + eps)
+
+
+def adamw_args(s, cast):
+    """:func:`adamw_update`'s scalars from :meth:`xpdl.updater.AdamW.scalars`, in the parameters' dtype."""
+    lr, b1, b2, eps, c1, c2, wd = s
+    return (cast(1.0 - lr * wd), cast(lr / c1), cast(b1), cast(1.0 - b1), cast(b2), cast(1.0 - b2), cast(eps),
+            cast(1.0 / math.sqrt(c2)))
+
+
 @njit(**_JIT)
 def sgd_update(w, g, lr):
     """In place: ``w -= lr * g``."""
@@ -175,6 +258,11 @@ def sgd_update(w, g, lr):
         wi = w[i]
         gi = g[i]
         w[i] = wi - lr * gi
+
+
+def sgd_args(s, cast):
+    """:func:`sgd_update`'s scalar: the learning rate."""
+    return (cast(s[0]),)
 
 
 @njit(**_JIT)
@@ -188,6 +276,11 @@ def momentum_update(w, g, vel, lr, mu):
         w[i] = wi + vi
 
 
+def momentum_args(s, cast):
+    """:func:`momentum_update`'s scalars from :meth:`xpdl.updater.SGDMomentum.scalars`."""
+    return cast(s[0]), cast(s[1])
+
+
 @njit(**_JIT)
 def rmsprop_update(w, g, cache, lr, decay, one_minus_decay, eps):
     """In place: ``cache = decay * cache + (1 - decay) * g**2; w -= lr * g / (sqrt(cache) + eps)``."""
@@ -197,3 +290,20 @@ def rmsprop_update(w, g, cache, lr, decay, one_minus_decay, eps):
         ci = decay * cache[i] + one_minus_decay * (gi * gi)
         cache[i] = ci
         w[i] = wi - lr * gi / (np.sqrt(ci) + eps)
+
+
+def rmsprop_args(s, cast):
+    """:func:`rmsprop_update`'s scalars from :meth:`xpdl.updater.RMSProp.scalars`."""
+    lr, decay, eps = s
+    return cast(lr), cast(decay), cast(1.0 - decay), cast(eps)
+
+
+#: Per update rule: the in-place kernel over flat ``(w, g, *state)`` and the function that turns the
+#: rule's scalars into the kernel's scalar arguments.
+UPDATE_KERNELS = {
+    "sgd": (sgd_update, sgd_args),
+    "sgd_momentum": (momentum_update, momentum_args),
+    "rmsprop": (rmsprop_update, rmsprop_args),
+    "adam": (adam_update, adam_args),
+    "adamw": (adamw_update, adamw_args),
+}

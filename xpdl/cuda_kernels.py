@@ -1,9 +1,15 @@
-"""CUDA kernels for the CuPy backend. Imports cleanly without CuPy; kernels compile on first use.
+"""CUDA kernels that :class:`xpdl.cupy_backend.CupyBackend` runs. Imports cleanly without CuPy.
+
+Kernels compile on first use.
 
 - :func:`philox_uint32`: Philox4x64-10 random words, the same stream as
   ``numpy.random.Philox`` (see :mod:`xpdl.rng` for the layout).
-- :func:`fused_update`: each update rule of :mod:`xpdl.updater` as one in-place
-  elementwise kernel over a parameter and its state (as PyTorch's fused Adam).
+- :func:`fused_update`: each update rule of :mod:`xpdl.updater` that has a body
+  in :data:`UPDATE_BODIES` as one in-place elementwise kernel over a parameter
+  and its state (as PyTorch's fused Adam). A body's scalar parameters are the
+  rule's :meth:`~xpdl.updater.UpdateRule.scalars`, in that order, as doubles;
+  its arrays are ``g`` then ``w`` and the rule's state arrays. The arithmetic is
+  done in double and rounded once to the parameters' dtype.
 """
 
 from __future__ import annotations
@@ -73,23 +79,31 @@ def philox_uint32(key: int, counter: int, shape: tuple[int, ...], like: Any) -> 
         return out.reshape(shape)
 
 
-_UPDATE_BODIES = {
-    "adam": ("T g, float64 step, float64 b1, float64 b2, float64 eps, float64 inv_c2, float64 reg",
+#: Per update rule: (input parameters, output parameters, body) of its ElementwiseKernel.
+UPDATE_BODIES = {
+    "sgd": ("T g, float64 lr", "T w",
+            "w = (T)((double)w - lr * (double)g);"),
+    "sgd_momentum": ("T g, float64 lr, float64 mu", "T w, T vel",
+                     "double vi = mu * (double)vel - lr * (double)g;"
+                     "vel = (T)vi; w = (T)((double)w + vi);"),
+    "rmsprop": ("T g, float64 lr, float64 decay, float64 eps", "T w, T cache",
+                "double gi = (double)g;"
+                "double ci = decay * (double)cache + (1.0 - decay) * gi * gi;"
+                "cache = (T)ci; w = (T)((double)w - lr * gi / (sqrt(ci) + eps));"),
+    "adam": ("T g, float64 lr, float64 b1, float64 b2, float64 eps, float64 c1, float64 c2",
              "T w, T m, T v",
-             "double gi = (double)g + reg * (double)w;"
+             "double gi = (double)g;"
              "double mi = b1 * (double)m + (1.0 - b1) * gi;"
              "double vi = b2 * (double)v + (1.0 - b2) * gi * gi;"
              "m = (T)mi; v = (T)vi;"
-             "w = (T)((double)w - step * mi / (sqrt(vi * inv_c2) + eps));"),
-    "sgd": ("T g, float64 lr, float64 reg", "T w",
-            "w = (T)((double)w - lr * ((double)g + reg * (double)w));"),
-    "sgd_momentum": ("T g, float64 lr, float64 mu, float64 reg", "T w, T vel",
-                     "double vi = mu * (double)vel - lr * ((double)g + reg * (double)w);"
-                     "vel = (T)vi; w = (T)((double)w + vi);"),
-    "rmsprop": ("T g, float64 lr, float64 decay, float64 eps, float64 reg", "T w, T cache",
-                "double gi = (double)g + reg * (double)w;"
-                "double ci = decay * (double)cache + (1.0 - decay) * gi * gi;"
-                "cache = (T)ci; w = (T)((double)w - lr * gi / (sqrt(ci) + eps));"),
+             "w = (T)((double)w - lr * (mi / c1) / (sqrt(vi / c2) + eps));"),
+    "adamw": ("T g, float64 lr, float64 b1, float64 b2, float64 eps, float64 c1, float64 c2, float64 wd",
+              "T w, T m, T v",
+              "double gi = (double)g;"
+              "double mi = b1 * (double)m + (1.0 - b1) * gi;"
+              "double vi = b2 * (double)v + (1.0 - b2) * gi * gi;"
+              "m = (T)mi; v = (T)vi;"
+              "w = (T)((double)w * (1.0 - lr * wd) - (lr / c1) * mi / (sqrt(vi) / sqrt(c2) + eps));"),
 }
 
 
@@ -97,26 +111,18 @@ _UPDATE_BODIES = {
 def _update_kernel(rule: str) -> Any:
     import cupy
 
-    params, outs, body = _UPDATE_BODIES[rule]
+    params, outs, body = UPDATE_BODIES[rule]
     return cupy.ElementwiseKernel(params, outs, body, f"xpdl_{rule}_update")
 
 
-def fused_update(rule: str, w: Any, g: Any, config: dict, reg: float = 0.0) -> None:
-    """Apply update ``rule`` to CuPy arrays ``w`` and its state in ``config``, in place, in one kernel.
+def update_arguments(g: Any, w: Any, state: tuple, scalars: tuple[float, ...]) -> tuple:
+    """The positional arguments of an update kernel: ``g``, the rule's scalars, ``w``, the state arrays."""
+    return (g, *(float(v) for v in scalars), w, *state)
 
-    ``config`` holds the rule's hyperparameters and state (see :mod:`xpdl.updater`);
-    Adam's ``t`` is incremented here. ``reg * w`` is added to the gradient first.
+
+def fused_update(rule: str, w: Any, g: Any, state: tuple, scalars: tuple[float, ...]) -> None:
+    """Apply update ``rule`` to CuPy array ``w`` and its ``state`` arrays in place, in one kernel.
+
+    ``scalars`` come from the rule's :meth:`~xpdl.updater.UpdateRule.scalars`.
     """
-    kernel = _update_kernel(rule)
-    lr = float(config["learning_rate"])
-    if rule == "adam":
-        config["t"] += 1
-        t, b1, b2 = int(config["t"]), float(config["beta1"]), float(config["beta2"])
-        kernel(g, lr / (1.0 - b1**t), b1, b2, float(config["epsilon"]), 1.0 / (1.0 - b2**t), reg,
-               w, config["m"], config["v"])
-    elif rule == "sgd":
-        kernel(g, lr, reg, w)
-    elif rule == "sgd_momentum":
-        kernel(g, lr, float(config["momentum"]), reg, w, config["velocity"])
-    else:
-        kernel(g, lr, float(config["decay_rate"]), float(config["epsilon"]), reg, w, config["cache"])
+    _update_kernel(rule)(*update_arguments(g, w, state, scalars))

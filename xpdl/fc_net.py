@@ -1,26 +1,52 @@
-"""A fully-connected classifier: ``{affine - [batch norm] - relu - [dropout]} x (L - 1) - affine - softmax``.
+"""A fully-connected classifier: ``{affine - [norm] - relu - [dropout]} x (L - 1) - affine - softmax``.
 
+``norm`` is batch norm, layer norm or nothing (:data:`xpdl.bn_layers.NORMALIZATIONS`).
 Parameters live on the net's backend (NumPy, CuPy or any Array API namespace,
 see :mod:`xpdl.backend`) in the net's dtype. Initial weights are drawn on the
 host from the net's :class:`xpdl.rng.Generator` and copied, so the same ``seed``
 gives the same net on every backend; dropout masks come from the same generator.
+
+The net is described once: a list of :class:`HiddenLayer` (index, normalization
+and its param dict) plus the output affine layer. Training passes go through the
+backend's :meth:`~xpdl.backend.Backend.hidden_forward` / ``hidden_backward``,
+whose reference versions compose the functional layers and whose NumPy versions
+run compiled kernels; predictions use the reference versions.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from xpdl.backend import Backend, dtype_name, get_backend, to_numpy
-from xpdl.bn_layers import batchnorm_backward_alt, batchnorm_forward
-from xpdl.dropout_layers import check_keep_probability, dropout_backward, dropout_forward
-from xpdl.layers import affine_backward, affine_forward, affine_param_grads, relu_backward, relu_forward, softmax_loss
+from xpdl.bn_layers import NORMALIZATIONS as NORMALIZATION_LAYERS
+from xpdl.dropout_layers import check_keep_probability
+from xpdl.layers import softmax_loss
 from xpdl.rng import Generator
 
 FLOAT_DTYPES = ("float32", "float64")
-NORMALIZATIONS = (None, "batchnorm", "layernorm")
+NORMALIZATIONS = (None, *NORMALIZATION_LAYERS)
+
+
+@dataclass(eq=False)
+class HiddenLayer:
+    """Hidden layer ``index`` (1-based): ``affine - [normalization] - relu - [dropout]``.
+
+    ``norm_param`` is the normalization's param dict (a ``bn_param`` with the running
+    statistics, or an ``ln_param``); the parameters are ``W{index}``, ``b{index}``
+    and, with a normalization, ``gamma{index}``, ``beta{index}`` in the net's ``params``.
+    """
+
+    index: int
+    normalization: str | None
+    norm_param: dict
+
+    def param_names(self) -> tuple[str, ...]:
+        i = self.index
+        return (f"W{i}", f"b{i}", f"gamma{i}", f"beta{i}") if self.normalization else (f"W{i}", f"b{i}")
 
 
 class FullyConnectedNet:
@@ -58,7 +84,6 @@ class FullyConnectedNet:
         self.input_dim, self.hidden_dims, self.num_classes = input_dim, hidden_dims, num_classes
         self.use_batchnorm = self.normalization == "batchnorm"
         self.use_dropout = dropout > 0
-        self.dropout = float(dropout)
         self.reg = float(reg)
         self.weight_scale = float(weight_scale)
         self.num_layers = 1 + len(hidden_dims)
@@ -79,16 +104,27 @@ class FullyConnectedNet:
 
         self.dropout_param: dict = {}
         if self.use_dropout:
-            self.dropout_param = {"mode": "train", "p": self.dropout, "rng": self.rng}
+            self.dropout_param = {"mode": "train", "p": dropout, "rng": self.rng}
         self.bn_params: list[dict] = []
         if self.use_batchnorm:
             self.bn_params = [{"mode": "train", "eps": 1e-5, "momentum": 0.9,
                                "running_mean": self.backend.zeros(h, dtype),
                                "running_var": self.backend.zeros(h, dtype)} for h in hidden_dims]
+        self.ln_params: list[dict] = [{"eps": 1e-5} for _ in hidden_dims] if self.normalization == "layernorm" else []
+        norm_params = self.bn_params or self.ln_params or [{} for _ in hidden_dims]
+        self.hidden_layers = [HiddenLayer(i + 1, self.normalization, norm_params[i]) for i in range(len(hidden_dims))]
+
+    @property
+    def dropout(self) -> float:
+        """The dropout keep probability every path uses (``dropout_param['p']``); 0 when dropout is off."""
+        return float(self.dropout_param["p"]) if self.use_dropout else 0.0
 
     # ------------------------------------------------------------------ inputs
     def as_input(self, X: Any) -> Any:
-        """``X`` (N, d_1, ..., d_k) as an (N, input_dim) array of the net's backend and dtype."""
+        """``X`` (N, d_1, ..., d_k) as an (N, input_dim) array of the net's backend and dtype.
+
+        Host data is cast to the net's dtype on the host, before it is copied to the device.
+        """
         if isinstance(X, (list, tuple)):
             X = np.asarray(X)
         if not hasattr(X, "shape") or len(X.shape) < 1:
@@ -98,6 +134,10 @@ class FullyConnectedNet:
         if features != self.input_dim:
             raise ValueError(f"X: expected {self.input_dim} features per sample (input_dim), "
                              f"got shape {tuple(X.shape)} = {features} features")
+        if isinstance(X, (np.ndarray, np.generic)) and X.dtype != np.dtype(self.dtype):
+            if not (np.issubdtype(X.dtype, np.number) or X.dtype == np.bool_):
+                raise TypeError(f"X: expected a numeric array, got dtype {X.dtype}")
+            X = X.astype(self.dtype)
         X = self._to_device(X, "X")
         xp = self.backend.xp
         if not xp.isdtype(X.dtype, "real floating") or dtype_name(X.dtype) != self.dtype:
@@ -165,6 +205,8 @@ class FullyConnectedNet:
         X = self.as_input(X)
         if y is None:
             return self.scores(X)
+        if X.shape[0] == 0:
+            raise ValueError(f"X: expected at least one sample for a training loss, got shape {tuple(X.shape)}")
         return self.loss_and_grads(X, self.as_labels(y, X.shape[0]))
 
     def _set_mode(self, mode: str) -> None:
@@ -173,67 +215,80 @@ class FullyConnectedNet:
         for bn_param in self.bn_params:
             bn_param["mode"] = mode
 
-    def _forward(self, X: Any, mode: str) -> tuple[Any, list]:
-        self._set_mode(mode)
-        caches = []
-        h = X
-        for i in range(1, self.num_layers):
-            a, fc_cache = affine_forward(h, self.params[f"W{i}"], self.params[f"b{i}"])
-            bn_cache = None
-            if self.use_batchnorm:
-                a, bn_cache = batchnorm_forward(a, self.params[f"gamma{i}"], self.params[f"beta{i}"],
-                                                self.bn_params[i - 1])
-            h, relu_cache = relu_forward(a)
-            drop_cache = None
-            if self.use_dropout:
-                h, drop_cache = dropout_forward(h, self.dropout_param)
-            caches.append((fc_cache, bn_cache, relu_cache, drop_cache))
-        L = self.num_layers
-        scores, fc_cache = affine_forward(h, self.params[f"W{L}"], self.params[f"b{L}"])
-        caches.append(fc_cache)
-        return scores, caches
-
     def scores(self, X: Any) -> Any:
-        """Test-mode class scores (N, C) for an (N, input_dim) array already on the device."""
-        return self._forward(X, "test")[0]
+        """Test-mode class scores (N, C) for an (N, input_dim) array already on the device.
 
-    def loss_and_grads(self, X: Any, y: Any, input_grad: bool = True) -> tuple[Any, dict]:
+        Runs the reference layers on every backend (batch norm with its running statistics,
+        no dropout).
+        """
+        self._set_mode("test")
+        h = X
+        for layer in self.hidden_layers:
+            h, _ = Backend.hidden_forward(self.backend, h, self.params, layer, None)
+        L = self.num_layers
+        return Backend.output_forward(self.backend, h, self.params[f"W{L}"], self.params[f"b{L}"])[0]
+
+    def loss_and_grads(self, X: Any, y: Any, input_grad: bool = True, on_grads: Any = None,
+                       buffers: dict | None = None) -> tuple[Any, dict]:
         """Train-mode loss and gradients for device arrays X (N, D) and y (N,) int64.
 
-        ``input_grad=False`` skips the first layer's input gradient (one of the three
-        largest matrix products), which training never uses.
+        Args:
+            input_grad: False skips the first layer's input gradient (one of the three
+                largest matrix products), which training never uses.
+            on_grads: optional ``f(grads)`` called with each layer's gradients (last layer
+                first) as soon as they exist and the layer's weights have served the
+                backward pass: a trainer may update that layer's parameters there.
+            buffers: a dict the backend keeps its workspaces in between calls (the returned
+                gradients then live in it and are overwritten by the next call); None
+                returns fresh arrays.
+
+        Returns:
+            loss, a 0-d array on the device (``0.5 * reg * sum(W**2)`` included), and grads,
+            a dict with the keys and shapes of ``params``.
         """
-        scores, caches = self._forward(X, "train")
-        xp = self.backend.xp
-        loss, dscores = softmax_loss(scores, y)
-        grads = {}
+        ops = self.backend.training_ops()
+        self._set_mode("train")
+        drop = self.dropout_param if self.use_dropout else None
+
+        def ws(index: int) -> dict | None:
+            return None if buffers is None else buffers.setdefault(index, {})
+
+        caches = []
+        h = X
+        for layer in self.hidden_layers:
+            h, cache = ops.hidden_forward(h, self.params, layer, drop, ws(layer.index))
+            caches.append(cache)
         L = self.num_layers
-        dh, grads[f"W{L}"], grads[f"b{L}"] = affine_backward(dscores, caches[-1])
-        for i in range(L - 1, 0, -1):
-            fc_cache, bn_cache, relu_cache, drop_cache = caches[i - 1]
-            if drop_cache is not None:
-                dh = dropout_backward(dh, drop_cache)
-            da = relu_backward(dh, relu_cache)
-            if bn_cache is not None:
-                da, grads[f"gamma{i}"], grads[f"beta{i}"] = batchnorm_backward_alt(da, bn_cache)
-            if i == 1 and not input_grad:
-                grads[f"W{i}"], grads[f"b{i}"] = affine_param_grads(da, fc_cache)
-            else:
-                dh, grads[f"W{i}"], grads[f"b{i}"] = affine_backward(da, fc_cache)
-            if bn_cache is not None:
-                # batch norm subtracts the batch mean, so this bias has no effect on the loss: its
-                # gradient is exactly 0 (the computed sum is rounding noise that Adam and RMSProp
-                # would turn into a random walk)
-                grads[f"b{i}"] = xp.zeros_like(grads[f"b{i}"])
+        scores, out_cache = ops.output_forward(h, self.params[f"W{L}"], self.params[f"b{L}"], ws(L))
+        loss, dscores = softmax_loss(scores, y)
+        grads: dict[str, Any] = {}
+        dh, dW, db = ops.output_backward(dscores, out_cache, L > 1 or input_grad, ws(L))
+        reg_sum = self._layer_grads_ready(ops, {f"W{L}": dW, f"b{L}": db}, grads, on_grads)
+        for layer, cache in zip(reversed(self.hidden_layers), reversed(caches)):
+            dh, layer_grads = ops.hidden_backward(dh, cache, layer.index > 1 or input_grad, ws(layer.index))
+            reg_sum = reg_sum + self._layer_grads_ready(ops, layer_grads, grads, on_grads)
         if self.reg:
-            for i in range(1, L + 1):
-                W = self.params[f"W{i}"]
-                loss = loss + 0.5 * self.reg * xp.sum(W * W)
-                grads[f"W{i}"] = grads[f"W{i}"] + self.reg * W
+            loss = loss + 0.5 * self.reg * reg_sum
         return loss, grads
+
+    def _layer_grads_ready(self, ops: Backend, layer_grads: dict, grads: dict, on_grads: Any) -> Any:
+        """Add the L2 term to the layer's weight gradient, record the gradients and pass them on.
+
+        Returns ``sum(W**2)`` of the layer's weights before any update (0 without regularization).
+        """
+        sq: Any = 0.0
+        if self.reg:
+            name = next(k for k in layer_grads if k.startswith("W"))
+            layer_grads[name], sq = ops.add_l2(layer_grads[name], self.params[name], self.reg)
+        grads.update(layer_grads)
+        if on_grads is not None:
+            on_grads(layer_grads)
+        return sq
 
     def predict(self, X: Any, batch_size: int = 1000) -> np.ndarray:
         """Predicted classes (N,) as a host int64 NumPy array, computed in batches on the device."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
         X = self.as_input(X)
         xp = self.backend.xp
         out = [to_numpy(xp.argmax(self.scores(X[i:min(i + batch_size, X.shape[0]), ...]), axis=1))
@@ -350,7 +405,7 @@ def state_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         shapes[f"b{i}"] = (dims[i],)
         if cfg["normalization"] and i < len(dims) - 1:
             shapes[f"gamma{i}"] = shapes[f"beta{i}"] = (dims[i],)
-    if cfg["normalization"] == "batchnorm":
+    if cfg["normalization"] and NORMALIZATION_LAYERS[cfg["normalization"]].running_stats:
         for i in range(1, len(dims) - 1):
             shapes[f"bn{i}.running_mean"] = shapes[f"bn{i}.running_var"] = (dims[i],)
     return shapes

@@ -5,13 +5,10 @@ easy as 1, 2, 3", SC 2011) with a 128-bit key and a 256-bit counter. Its state i
 two Python integers, readable and restorable with :meth:`Generator.get_state` /
 :meth:`Generator.set_state`.
 
-Where the numbers are made:
-
-- NumPy and every non-CuPy namespace: ``numpy.random.Philox`` on the host, then
-  copied to the array's device (array_api_strict lives on the host anyway).
-- CuPy: :mod:`xpdl.cuda_kernels` runs the same Philox4x64-10 as one elementwise
-  kernel on the GPU, reproducing NumPy's stream word for word, so no host mask
-  is copied to the GPU each step.
+Where the numbers are made is the backend's business
+(:meth:`xpdl.backend.Backend.philox_uint32`): ``numpy.random.Philox`` on the host
+for NumPy and array_api_strict, one CUDA kernel reproducing NumPy's stream word
+for word on CuPy, so no host mask is copied to the GPU each step.
 
 Stream layout (shared by both): a draw of ``n`` 32-bit words uses ``ceil(n / 8)``
 Philox blocks; block ``j`` encrypts counter ``c + 1 + j`` (NumPy increments before
@@ -73,21 +70,16 @@ class Generator:
 
     def random_uint32(self, shape: tuple[int, ...], like: Any) -> Any:
         """Random uint32 words of ``shape`` on the namespace and device of array ``like``."""
-        n = math.prod(shape)
+        from xpdl.backend import backend_of
+
+        counter = self.advance(math.prod(shape))
+        return backend_of(like).philox_uint32(self.key, counter, tuple(shape))
+
+    def advance(self, n: int) -> int:
+        """Reserve the blocks of a draw of ``n`` 32-bit words; returns the counter the draw starts from."""
         blocks = -(-n // WORDS32_PER_BLOCK)
         counter, self.counter = self.counter, (self.counter + blocks) % 2**256
-        if _is_cupy(like):
-            from xpdl import cuda_kernels
-
-            return cuda_kernels.philox_uint32(self.key, counter, shape, like)
-        raw = np.random.Philox(key=self.key, counter=counter).random_raw(blocks * 4)
-        words = raw.astype("<u8", copy=False).view("<u4")[:n].reshape(shape)
-        if isinstance(like, np.ndarray):
-            return words
-        import array_api_compat
-
-        xp = array_api_compat.array_namespace(like)
-        return xp.asarray(words, device=array_api_compat.device(like))
+        return counter
 
     def standard_normal(self, shape: tuple[int, ...]) -> np.ndarray:
         """Host float64 N(0, 1) samples (NumPy's ziggurat on this Philox stream).
@@ -101,14 +93,6 @@ class Generator:
         self.counter = sum(int(c) << (64 * i) for i, c in enumerate(ctr))
         return out
 
-    def permutation(self, n: int) -> np.ndarray:
-        """Host int64 permutation of ``range(n)`` (for shuffling epochs)."""
-        bitgen = self._numpy_bitgen()
-        out = np.random.Generator(bitgen).permutation(n)
-        ctr = bitgen.state["state"]["counter"]
-        self.counter = sum(int(c) << (64 * i) for i, c in enumerate(ctr))
-        return out
-
 
 def keep_threshold(p: float) -> int:
     """The integer ``t`` with ``word < t`` true for a fraction ``p`` of 32-bit words.
@@ -117,10 +101,6 @@ def keep_threshold(p: float) -> int:
     ``p == 1`` gives ``2**32``: every word is kept.
     """
     return math.ceil(float(p) * 2**32)
-
-
-def _is_cupy(arr: Any) -> bool:
-    return type(arr).__module__.startswith("cupy")
 
 
 def philox4x64_numpy(counters: np.ndarray, key: int, rounds: int = 10) -> np.ndarray:

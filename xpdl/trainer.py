@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from xpdl import updater
-from xpdl.fused_step import make_step
 
 HISTORY_LISTS = ("loss_history", "train_acc_history", "val_acc_history", "lr_history", "time_history")
 
@@ -64,45 +63,74 @@ class Trainer:
         self.model = model
         self.update_rule_name = kwargs.pop("update_rule", "sgd")
         self.update_rule = updater.get_update_rule(self.update_rule_name)
-        self.updater_config = dict(kwargs.pop("updater_config", {}) or {})
-        self.lr_decay = float(kwargs.pop("lr_decay", 1.0))
-        self.batch_size = int(kwargs.pop("batch_size", 100))
-        self.num_epochs = int(kwargs.pop("num_epochs", 10))
-        self.print_every = int(kwargs.pop("print_every", 10))
+        self.updater_config = dict(_checked_dict(kwargs.pop("updater_config", {}) or {}, "updater_config"))
+        if isinstance(self.update_rule, updater.UpdateRule):
+            self.update_rule.check_config(self.updater_config)
+        self.lr_decay = _number(kwargs.pop("lr_decay", 1.0), "lr_decay", lambda v: v > 0, "a finite number > 0")
+        self.batch_size = _count(kwargs.pop("batch_size", 100), "batch_size", 1)
+        self.num_epochs = _count(kwargs.pop("num_epochs", 10), "num_epochs", 0)
+        self.print_every = _count(kwargs.pop("print_every", 10), "print_every", 1)
         self.verbose = bool(kwargs.pop("verbose", True))
-        self.seed = int(kwargs.pop("seed", 0))
+        self.seed = _count(kwargs.pop("seed", 0), "seed", 0)
         self.num_train_samples = kwargs.pop("num_train_samples", 1000)
         self.num_val_samples = kwargs.pop("num_val_samples", None)
+        for name in ("num_train_samples", "num_val_samples"):
+            if getattr(self, name) is not None:
+                _count(getattr(self, name), name, 1)
         self.on_iteration: Callable | None = kwargs.pop("on_iteration", None)
         self.on_epoch_end: Callable | None = kwargs.pop("on_epoch_end", None)
         if kwargs:
             extra = ", ".join(f'"{k}"' for k in kwargs)
             raise ValueError(f"Unrecognized arguments {extra}")
-        if self.batch_size <= 0:
-            raise ValueError(f"batch_size: expected a positive int, got {self.batch_size}")
-        if self.num_epochs < 0:
-            raise ValueError(f"num_epochs: expected >= 0, got {self.num_epochs}")
-        if self.print_every <= 0:
-            raise ValueError(f"print_every: expected a positive int, got {self.print_every}")
 
+        if not isinstance(data, dict):
+            raise TypeError(f"data: expected a dict with X_train, y_train, X_val, y_val, got {type(data).__name__}")
         for key in ("X_train", "y_train", "X_val", "y_val"):
             if key not in data:
                 raise ValueError(f"data: expected keys X_train, y_train, X_val, y_val; missing {key!r}")
+        self._data = {key: data[key] for key in ("X_train", "y_train", "X_val", "y_val")}
+        self._place_data()
+        if self.X_train.shape[0] == 0:
+            raise ValueError("data['X_train']: expected at least one sample, got 0")
+        if getattr(model, "use_batchnorm", False) and self.effective_batch_size < 2:
+            raise ValueError(f"batch_size: batch norm needs at least 2 samples per batch, got "
+                             f"{self.effective_batch_size} (batch_size={self.batch_size}, "
+                             f"{self.X_train.shape[0]} training samples)")
+
+        self._reset_history()
+
+    def _place_data(self) -> None:
+        """Copy (or move) the data to the model's device and dtype; remembers which backend it is on."""
+        model, data = self.model, self._data
         self.X_train = model.as_input(data["X_train"])
         self.y_train = model.as_labels(data["y_train"], self.X_train.shape[0])
         self.X_val = model.as_input(data["X_val"])
         self.y_val = model.as_labels(data["y_val"], self.X_val.shape[0])
-        if self.X_train.shape[0] == 0:
-            raise ValueError("data['X_train']: expected at least one sample, got 0")
+        self._data_backend = model.backend
 
-        self._reset_history()
+    def _follow_model(self) -> None:
+        """After ``model.to(...)``: move the data, the update-rule state and the best model to the new backend."""
+        backend = self.model.backend
+        if self._data_backend is backend:
+            return
+        self._data = {k: backend.to_numpy(v) if hasattr(v, "shape") else v for k, v in
+                      (("X_train", self.X_train), ("y_train", self.y_train), ("X_val", self.X_val),
+                       ("y_val", self.y_val))}
+        self._place_data()
+        self.updater_configs = {
+            p: {k: (backend.asarray(backend.to_numpy(v), dtype=self.model.dtype) if hasattr(v, "shape") else v)
+                for k, v in config.items()}
+            for p, config in self.updater_configs.items()}
+        self.best_state = {k: self.model._copy(v) for k, v in self.best_state.items()}
+        self._perm_epoch = None
+        self._buffers = {}
 
     def _reset_history(self) -> None:
         self.epoch = 0
         self.t = 0
         self.best_val_acc = -1.0
-        self.best_params: dict = {}
         self.best_state: dict = {}
+        self._buffers: dict = {}
         self.loss_history: list[float] = []
         self.train_acc_history: list[float] = []
         self.val_acc_history: list[float] = []
@@ -123,6 +151,11 @@ class Trainer:
         """Total iterations of :meth:`train`: ``num_epochs * iterations_per_epoch``."""
         return self.num_epochs * self.iterations_per_epoch
 
+    @property
+    def effective_batch_size(self) -> int:
+        """Samples per step: ``min(batch_size, N_train)``."""
+        return min(self.batch_size, self.X_train.shape[0])
+
     def step(self, X_batch: Any, y_batch: Any) -> Any:
         """One training step (forward, backward, update) on one batch.
 
@@ -132,34 +165,35 @@ class Trainer:
         Returns:
             The batch loss as a 0-d array on the model's device (no host synchronization).
         """
+        self._follow_model()
         X = self.model.as_input(X_batch)
+        if X.shape[0] == 0:
+            raise ValueError(f"X_batch: expected at least one sample, got shape {tuple(X.shape)}")
         y = self.model.as_labels(y_batch, X.shape[0], check_range=not self.model.backend.is_gpu)
         return self._train_step(X, y)
 
     @property
     def step_path(self) -> str:
         """Which step implementation runs: ``"numpy-fused"``, ``"cupy-fused-update"`` or ``"reference"``."""
-        return self._fused.name if self._fused_step() is not None else "reference"
-
-    def _fused_step(self) -> Any:
-        if not hasattr(self, "_fused"):
-            self._fused = make_step(self)
-        return self._fused
+        return self.model.backend.training_ops().step_path
 
     def _train_step(self, X: Any, y: Any) -> Any:
-        """One step on validated device arrays: the fused path when one applies, else the reference."""
-        fused = self._fused_step()
-        if fused is not None:
-            return fused.step(X, y)
-        loss, grads = self.model.loss_and_grads(X, y, input_grad=False)
-        self.apply_gradients(grads)
+        """One step on validated device arrays: each layer is updated as soon as its gradients exist."""
+        loss, _ = self.model.loss_and_grads(X, y, input_grad=False, on_grads=self.apply_gradients,
+                                            buffers=self._buffers)
         return loss
 
     def apply_gradients(self, grads: dict) -> None:
-        """Update every parameter with its gradient and its own update-rule config."""
-        for p, w in self.model.params.items():
-            next_w, self.updater_configs[p] = self.update_rule(w, grads[p], self.updater_configs[p])
-            self.model.params[p] = next_w
+        """Update the parameters named in ``grads`` with their gradients and their own update-rule configs."""
+        params, rule = self.model.params, self.update_rule
+        if not isinstance(rule, updater.UpdateRule):  # a function with the seed's signature
+            for p, g in grads.items():
+                params[p], self.updater_configs[p] = rule(params[p], g, self.updater_configs[p])
+            return
+        ops = self.model.backend.training_ops()
+        for p, g in grads.items():
+            config = rule.fill_defaults(self.updater_configs[p])
+            params[p] = ops.update(rule, params[p], g, config)
 
     def batch_indices(self, t: int) -> Any:
         """Device indices of the batch of iteration ``t`` (0-based): a slice of the epoch's permutation."""
@@ -168,7 +202,7 @@ class Trainer:
             perm = np.random.default_rng([self.seed, epoch]).permutation(self.X_train.shape[0])
             self._perm = self.model.backend.asarray(perm)
             self._perm_epoch = epoch
-        bs = min(self.batch_size, self.X_train.shape[0])
+        bs = self.effective_batch_size
         return self._perm[pos * bs:(pos + 1) * bs]
 
     def _step(self) -> None:
@@ -271,7 +305,6 @@ class Trainer:
             for p, config in state["updater"].items()
         }
         self.best_state = {k: self.model._copy(v) for k, v in state.get("best", {}).items()}
-        self.best_params = {k: self.best_state[k] for k in self.model.params if k in self.best_state}
         counters = state["counters"]
         self.t, self.epoch = int(counters["t"]), int(counters["epoch"])
         self.best_val_acc = float(counters["best_val_acc"])
@@ -288,7 +321,6 @@ class Trainer:
             self.best_val_acc = val_acc
             self.best_state = self.model.snapshot()
             self._start_state = None
-            self.best_params = {k: self.best_state[k] for k in self.model.params}
 
     def restore_best(self) -> None:
         """Load the best params and batch-norm statistics seen so far into the model.
@@ -328,6 +360,7 @@ class Trainer:
 
         Ends with the model holding the parameters of the best validation accuracy.
         """
+        self._follow_model()
         total = self.num_iterations
         start = time.perf_counter() - self.train_seconds
         self._start_state = None if self.best_state else self.model.snapshot()
@@ -355,3 +388,28 @@ class Trainer:
             self.record_best(self.check_accuracy(self.X_val, self.y_val, num_samples=self.num_val_samples))
         self.restore_best()
 
+
+
+def _checked_dict(value: Any, name: str) -> dict:
+    if not isinstance(value, dict):
+        raise TypeError(f"{name}: expected a dict, got {type(value).__name__}")
+    return value
+
+
+def _count(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``; TypeError/ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def _number(value: Any, name: str, ok: Callable[[float], bool], expected: str) -> float:
+    """``value`` as a finite float satisfying ``ok``; TypeError/ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected {expected}, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or not ok(value):
+        raise ValueError(f"{name}: expected {expected}, got {value}")
+    return value

@@ -1,0 +1,159 @@
+"""NumPy on the CPU, with compiled kernels (:mod:`xpdl.cpu_kernels`) for the hot parts of a training step.
+
+:class:`NumpyBackend` overrides the reference methods of :class:`xpdl.backend.Backend`:
+
+- a hidden layer's forward is one matrix product into a kept buffer, then
+  ``norm + bias + ReLU + dropout`` as one compiled pass (batch norm, layer norm
+  or none); its backward is one compiled pass (two for batch norm's column
+  sums) and the matrix products into kept buffers, without the first layer's
+  input gradient;
+- the L2 term is added in place;
+- every update rule with a kernel in :data:`xpdl.cpu_kernels.UPDATE_KERNELS`
+  runs as one in-place pass per parameter, in the parameters' dtype.
+
+Buffers are kept in the ``buffers`` dict a caller passes (the Trainer passes
+one per layer, so a step allocates nothing); with ``buffers=None`` every result
+is a fresh array. The numbers are those of the reference methods, to rounding
+(float64 to 1e-12, float32 to 1e-5; ``tests/test_fast_paths.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from xpdl.backend import Backend, to_numpy
+from xpdl.dropout_layers import check_keep_probability, dropout_generator
+from xpdl.rng import keep_threshold
+
+_NO_WORDS = np.zeros((0, 0), np.uint32)
+_NO_KEEP = np.zeros((0, 0), np.uint8)
+
+
+def _kernels() -> Any:
+    from xpdl import cpu_kernels  # numba loads on the first training step, not on import xpdl
+
+    return cpu_kernels
+
+
+def _buffer(buffers: dict | None, key: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialized array of ``shape`` and ``dtype``, kept in ``buffers[key]`` for the next call."""
+    if buffers is None:
+        return np.empty(shape, dtype)
+    buf = buffers.get(key)
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = buffers[key] = np.empty(shape, dtype)
+    return buf
+
+
+class _HiddenCache:
+    """What :meth:`NumpyBackend.hidden_backward` needs from the forward pass."""
+
+    __slots__ = ("layer", "x", "W", "gamma", "a", "h", "xhat", "inv_std", "keep", "scale")
+
+    def __init__(self, **kw: Any) -> None:
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+class NumpyBackend(Backend):
+    """NumPy on the CPU (see the module docstring)."""
+
+    step_path = "numpy-fused"
+
+    def __init__(self, reason: str = "numpy asked for") -> None:
+        import array_api_compat.numpy
+
+        super().__init__("numpy", array_api_compat.numpy, "cpu", reason)
+
+    def asarray(self, obj: Any, dtype: Any = None) -> Any:
+        return np.asarray(to_numpy(obj), dtype=None if dtype is None else self.dtype(dtype))
+
+    # ---------------------------------------------------------------- a training step
+    def hidden_forward(self, x, params, layer, dropout_param, buffers=None):
+        i = layer.index
+        if layer.normalization not in (None, "batchnorm", "layernorm"):
+            return super().hidden_forward(x, params, layer, dropout_param, buffers)
+        k = _kernels()
+        W, b = params[f"W{i}"], params[f"b{i}"]
+        n, width, dt = x.shape[0], W.shape[1], W.dtype
+        a = _buffer(buffers, "a", (n, width), dt)
+        h = _buffer(buffers, "h", (n, width), dt)
+        np.matmul(x, W, out=a)
+        words, keep, threshold, scale = _NO_WORDS, _NO_KEEP, 2**32 - 1, 1.0
+        if dropout_param is not None:
+            p = check_keep_probability(dropout_param.get("p"))
+            if keep_threshold(p) < 2**32:  # p == 1 keeps everything and draws nothing
+                words = dropout_generator(dropout_param).random_uint32((n, width), like=a)
+                keep = _buffer(buffers, "keep", (n, width), np.uint8)
+                threshold, scale = keep_threshold(p), 1.0 / p
+        xhat = inv_std = gamma = None
+        if layer.normalization is None:
+            k.bias_relu_dropout_forward(a, b, words, threshold, scale, h, keep)
+        else:
+            xhat = _buffer(buffers, "xhat", (n, width), dt)
+            gamma, beta, param = params[f"gamma{i}"], params[f"beta{i}"], layer.norm_param
+            eps = float(param.get("eps", 1e-5))
+            if layer.normalization == "batchnorm":
+                inv_std = _buffer(buffers, "inv_std", (width,), np.float64)
+                k.bn_relu_dropout_forward(a, b, gamma, beta, param["running_mean"], param["running_var"],
+                                          float(param.get("momentum", 0.9)), eps, words, threshold, scale,
+                                          xhat, h, keep, inv_std)
+            else:
+                inv_std = _buffer(buffers, "inv_std", (n,), np.float64)
+                k.ln_relu_dropout_forward(a, b, gamma, beta, eps, words, threshold, scale, xhat, h, keep, inv_std)
+        return h, _HiddenCache(layer=layer, x=x, W=W, gamma=gamma, a=a, h=h, xhat=xhat, inv_std=inv_std, keep=keep,
+                               scale=scale)
+
+    def hidden_backward(self, dh, cache, input_grad=True, buffers=None):
+        if not isinstance(cache, _HiddenCache):
+            return super().hidden_backward(dh, cache, input_grad, buffers)
+        k, c = _kernels(), cache
+        i, W = c.layer.index, c.W
+        dt = W.dtype
+        da = c.a  # the affine output is not needed any more: it takes its gradient
+        grads = {f"b{i}": _buffer(buffers, "db", (W.shape[1],), dt)}
+        if c.layer.normalization is None:
+            k.relu_dropout_backward(dh, c.h, c.keep, c.scale, da, grads[f"b{i}"])
+        else:
+            grads[f"gamma{i}"] = _buffer(buffers, "dgamma", (W.shape[1],), dt)
+            grads[f"beta{i}"] = _buffer(buffers, "dbeta", (W.shape[1],), dt)
+            kernel = k.bn_relu_dropout_backward if c.layer.normalization == "batchnorm" else k.ln_relu_dropout_backward
+            kernel(dh, c.h, c.xhat, c.gamma, c.inv_std, c.keep, c.scale, da, grads[f"gamma{i}"],
+                   grads[f"beta{i}"], grads[f"b{i}"])
+        grads[f"W{i}"] = np.matmul(c.x.T, da, out=_buffer(buffers, "dW", W.shape, dt))
+        dx = np.matmul(da, W.T, out=_buffer(buffers, "dx", c.x.shape, dt)) if input_grad else None
+        return dx, grads
+
+    def output_forward(self, x, w, b, buffers=None):
+        scores = np.matmul(x, w, out=_buffer(buffers, "scores", (x.shape[0], w.shape[1]), w.dtype))
+        scores += b
+        return scores, (x, w)
+
+    def output_backward(self, dscores, cache, input_grad=True, buffers=None):
+        x, w = cache
+        dw = np.matmul(x.T, dscores, out=_buffer(buffers, "dW", w.shape, w.dtype))
+        db = np.sum(dscores, axis=0, out=_buffer(buffers, "db", (w.shape[1],), w.dtype))
+        dx = np.matmul(dscores, w.T, out=_buffer(buffers, "dx", x.shape, w.dtype)) if input_grad else None
+        return dx, dw, db
+
+    def add_l2(self, dw, w, reg):
+        wf = w.reshape(-1)
+        sq = np.dot(wf, wf)
+        dw += w.dtype.type(reg) * w
+        return dw, sq
+
+    def update_kernel(self, rule_name):
+        entry = _kernels().UPDATE_KERNELS.get(rule_name)
+        if entry is None:
+            return None
+        kernel, scalar_args = entry
+
+        def run(w: np.ndarray, g: np.ndarray, state: tuple, s: tuple) -> None:
+            if not all(a.flags.c_contiguous for a in (w, *state)):
+                raise ValueError("update: the compiled kernels update contiguous parameters and state in place")
+            flat = [a.reshape(-1) for a in (w, np.ascontiguousarray(g), *state)]
+            kernel(*flat, *scalar_args(s, w.dtype.type))
+
+        return run
