@@ -3,7 +3,8 @@
 Two stages:
 
 * :func:`load_raw` returns the untouched host arrays of a dataset
-  (``uint8`` images, or the ``float64`` 0..16 values of ``digits``).
+  (``uint8`` images, or the ``float64`` 0..16 values of ``digits``, which ship
+  inside the package as ``xpdl/digits.npz``).
 * :func:`prepare` splits a seeded validation set off the training set,
   flattens images to ``(N, D)``, converts to float, divides by the dataset's
   pixel scale (:data:`PIXEL_SCALE`) and subtracts the mean image of the
@@ -20,7 +21,9 @@ Flattened features are in height-width-channel order: ``D = H * W * C`` with
 
 from __future__ import annotations
 
+import hashlib
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -29,22 +32,24 @@ import numpy as np
 from xpdl.data_formats import (
     CIFAR10_BINARY_DIR,
     CIFAR10_PYTHON_DIR,
-    MNIST_FILES,
     DatasetError,
     read_cifar10_binary,
     read_cifar10_python,
     read_mnist,
 )
-from xpdl.download import download_dataset
+from xpdl.download import SOURCES, download_dataset
 
 __all__ = [
     "CLASS_NAMES",
     "DATASETS",
+    "DIGITS_FILE",
+    "DIGITS_SHA256",
     "DIGITS_TEST_SEED",
     "DIGITS_TEST_SIZE",
     "IMAGE_SHAPE",
     "PIXEL_SCALE",
     "DatasetError",
+    "read_digits",
     "apply_preprocessing",
     "default_num_val",
     "load_dataset",
@@ -101,14 +106,21 @@ CLASS_NAMES: dict[str, tuple[str, ...]] = {
 DIGITS_TEST_SEED = 0
 #: Size of the held-out ``digits`` test split (20% of 1797, rounded up).
 DIGITS_TEST_SIZE = 360
+#: The packaged digits file: ``images`` uint8 (1797, 8, 8) with values 0..16 and
+#: ``labels`` uint8 (1797,), the 8x8 digits as distributed with scikit-learn.
+DIGITS_FILE = "digits.npz"
+#: SHA-256 of the raw bytes of the two arrays of :data:`DIGITS_FILE`.
+DIGITS_SHA256 = {
+    "images": "8f26b2bd9d135c256808f68f14fdabddde6d9c7f869ae419704b051f0f14b3b3",
+    "labels": "8ba4f891220f5e4c9c819638d1602d74b83618f167043c6da52a2a247841ddf0",
+}
+_DIGITS_SHAPES = {"images": (1797, 8, 8), "labels": (1797,)}
 
 
-def _check_name(name: str, func: str) -> None:
+def _check_name(name: str) -> None:
     """Raise ValueError unless ``name`` is one of :data:`DATASETS`."""
     if name not in DATASETS:
-        raise ValueError(
-            f"{func}: argument 'name' must be one of {list(DATASETS)}, got {name!r}"
-        )
+        raise ValueError(f"name: expected a dataset name, one of {list(DATASETS)}, got {name!r}")
 
 
 def default_num_val(name: str) -> int:
@@ -116,57 +128,77 @@ def default_num_val(name: str) -> int:
 
     ``digits``: 300, ``cifar10``: 1000, ``mnist`` / ``fashion-mnist``: 5000.
     """
-    _check_name(name, "default_num_val")
+    _check_name(name)
     return _DEFAULT_NUM_VAL[name]
 
 
-def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Load scikit-learn's bundled 8x8 digits and split off the fixed test part."""
-    from sklearn.datasets import load_digits  # lazy: scikit-learn only needed here
+def read_digits() -> tuple[np.ndarray, np.ndarray]:
+    """Read the packaged 8x8 digits.
 
-    X, y = load_digits(return_X_y=True)
-    X = np.asarray(X, dtype=np.float64)
-    y = np.asarray(y, dtype=np.int64)
+    Returns:
+        ``(images, labels)``: uint8 ``(1797, 8, 8)`` with values 0..16 and uint8
+        ``(1797,)`` in 0..9, in the order of scikit-learn's ``load_digits``.
+
+    Raises:
+        DatasetError: the packaged file is missing or its arrays differ from
+            the published checksums (:data:`DIGITS_SHA256`).
+    """
+    path = resources.files("xpdl").joinpath(DIGITS_FILE)
+    try:
+        with path.open("rb") as f, np.load(f, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in _DIGITS_SHAPES}
+    except (OSError, KeyError, ValueError) as exc:
+        raise DatasetError(
+            f"{path}: expected the packaged digits file with arrays 'images' and 'labels', got "
+            f"{type(exc).__name__}: {exc}; reinstall xpdl"
+        ) from None
+    for key, shape in _DIGITS_SHAPES.items():
+        a = arrays[key]
+        digest = hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+        if a.dtype != np.uint8 or a.shape != shape or digest != DIGITS_SHA256[key]:
+            raise DatasetError(
+                f"{path}: expected '{key}' as uint8 {shape} with SHA-256 {DIGITS_SHA256[key]}, "
+                f"got {a.dtype} {a.shape} with SHA-256 {digest}; reinstall xpdl"
+            )
+    return arrays["images"], arrays["labels"]
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The packaged digits as float64 ``(N, 64)`` 0..16 and int64 labels, with the fixed test part split off."""
+    images, labels = read_digits()
+    X = images.reshape(images.shape[0], -1).astype(np.float64)
+    y = labels.astype(np.int64)
     perm = np.random.default_rng(DIGITS_TEST_SEED).permutation(X.shape[0])
     test_idx, train_idx = perm[:DIGITS_TEST_SIZE], perm[DIGITS_TEST_SIZE:]
     return X[train_idx], y[train_idx], X[test_idx], y[test_idx]
 
 
 def _load_cifar10(data_dir: Path, download: bool) -> tuple[np.ndarray, ...]:
-    """Read CIFAR-10 from the python or binary layout, downloading if allowed."""
+    """Read CIFAR-10 from the python or binary layout; with ``download``, the verified python layout."""
     py_dir, bin_dir = data_dir / CIFAR10_PYTHON_DIR, data_dir / CIFAR10_BINARY_DIR
+    if download:
+        return read_cifar10_python(download_dataset("cifar10", data_dir))
     if py_dir.is_dir():
         return read_cifar10_python(py_dir)
     if bin_dir.is_dir():
         return read_cifar10_binary(bin_dir)
-    if download:
-        return read_cifar10_python(download_dataset("cifar10", data_dir))
     raise DatasetError(
-        f"{data_dir}: CIFAR-10 not found; expected either {py_dir} (the official "
-        f"'CIFAR-10 python version', data_batch_1..5 and test_batch) or {bin_dir} "
-        f"(the 'CIFAR-10 binary version', data_batch_1..5.bin and test_batch.bin), "
-        f"found neither. Download it with `xpdl train --data cifar10 --download` "
-        f"or unpack the official archive into {data_dir}."
+        f"{data_dir}: CIFAR-10 not found; expected {py_dir} (the official 'CIFAR-10 python version', "
+        f"data_batch_1..5 and test_batch) or {bin_dir} (the 'CIFAR-10 binary version', data_batch_1..5.bin "
+        f"and test_batch.bin), got neither; download it with `xpdl train --data cifar10 --download` "
+        f"or unpack the official archive into {data_dir}"
     )
 
 
-def _load_idx_dataset(
-    name: str, data_dir: Path, download: bool
-) -> tuple[np.ndarray, ...]:
-    """Read MNIST / Fashion-MNIST from ``data_dir/name``, downloading if allowed."""
-    folder = data_dir / name
-    complete = all(
-        (folder / f).is_file() or (folder / f"{f}.gz").is_file()
-        for f in MNIST_FILES.values()
-    )
-    if download and not complete:
+def _load_idx_dataset(name: str, data_dir: Path, download: bool) -> tuple[np.ndarray, ...]:
+    """Read MNIST / Fashion-MNIST from ``data_dir/name``; with ``download``, the verified ``.gz`` files."""
+    folder = data_dir / SOURCES[name].subdir
+    if download:
         download_dataset(name, data_dir)
-    return read_mnist(folder, dataset=name)
+    return read_mnist(folder, dataset=name, compressed_only=download)
 
 
-def load_raw(
-    name: str, data_dir: str | os.PathLike[str] = "data", download: bool = False
-) -> dict[str, Any]:
+def load_raw(name: str, data_dir: str | os.PathLike[str] = "data", download: bool = False) -> dict[str, Any]:
     """Load a dataset's untouched host arrays.
 
     Args:
@@ -175,8 +207,11 @@ def load_raw(
             ``data_dir/cifar-10-batches-py`` or else
             ``data_dir/cifar-10-batches-bin``; MNIST from ``data_dir/mnist``;
             Fashion-MNIST from ``data_dir/fashion-mnist``.  ``digits`` ships
-            with scikit-learn and ignores it.
-        download: fetch the official files into ``data_dir`` if missing.
+            inside the package and ignores it.
+        download: fetch the official files into ``data_dir``: files already
+            there are checked against their MD5 checksums and fetched again
+            if they differ, and the verified files are read (for CIFAR-10 the
+            python layout, for MNIST / Fashion-MNIST the ``.gz`` files).
 
     Returns:
         dict with
@@ -194,7 +229,7 @@ def load_raw(
         ValueError: unknown ``name``.
         DatasetError: files missing (and ``download`` False) or malformed.
     """
-    _check_name(name, "load_raw")
+    _check_name(name)
     data_dir = Path(data_dir)
     if name == "digits":
         X_train, y_train, X_test, y_test = _load_digits()
@@ -218,7 +253,7 @@ def _float_dtype(dtype: Any) -> np.dtype:
     """Return ``np.dtype(dtype)``, requiring a floating-point type."""
     dt = np.dtype(dtype)
     if dt.kind != "f":
-        raise ValueError(f"argument 'dtype' must be a floating-point dtype, got {dt}")
+        raise ValueError(f"dtype: expected a floating-point dtype, got {dt}")
     return dt
 
 
@@ -254,17 +289,12 @@ def apply_preprocessing(
     out = _scaled(X, scale, dt)
     mean = np.asarray(mean_image, dtype=dt).reshape(-1)
     if out.shape[1] != mean.shape[0]:
-        raise ValueError(
-            f"apply_preprocessing: X has {out.shape[1]} features per example but "
-            f"mean_image has {mean.shape[0]}"
-        )
+        raise ValueError(f"X: expected {mean.shape[0]} features per example (like mean_image), got {out.shape[1]}")
     out -= mean
     return out
 
 
-def prepare(
-    raw: dict[str, Any], num_val: int, seed: int, dtype: Any = "float32"
-) -> dict[str, Any]:
+def prepare(raw: dict[str, Any], num_val: int, seed: int, dtype: Any = "float32") -> dict[str, Any]:
     """Split, flatten, scale and mean-center a dataset from :func:`load_raw`.
 
     The training set is permuted with ``numpy.random.default_rng(seed)``;
@@ -291,16 +321,15 @@ def prepare(
         copied from ``raw``.
     """
     name = raw["name"]
-    _check_name(name, "prepare")
+    _check_name(name)
     dt = _float_dtype(dtype)
     X_all, y_all = raw["X_train"], np.asarray(raw["y_train"], dtype=np.int64)
     n = X_all.shape[0]
     if isinstance(num_val, bool) or not isinstance(num_val, (int, np.integer)):
-        raise TypeError(f"prepare: argument 'num_val' must be an int, got {num_val!r}")
+        raise TypeError(f"num_val: expected an int, got {num_val!r}")
     if not 0 <= num_val < n:
         raise ValueError(
-            f"prepare: argument 'num_val' must be in [0, {n - 1}] for {name!r} "
-            f"({n} training examples), got {num_val}"
+            f"num_val: expected an int in [0, {n - 1}] for {name!r} ({n} training examples), got {num_val}"
         )
     scale = PIXEL_SCALE[name]
     perm = np.random.default_rng(seed).permutation(n)
@@ -337,7 +366,7 @@ def load_dataset(
     ``num_val`` defaults to :func:`default_num_val` of ``name``.  See
     :func:`prepare` for the returned dict.
     """
-    _check_name(name, "load_dataset")
+    _check_name(name)
     raw = load_raw(name, data_dir=data_dir, download=download)
     if num_val is None:
         num_val = default_num_val(name)
