@@ -35,7 +35,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator
 
 from xpdl.atomic import atomic_write
 from xpdl.backend import to_numpy
-from xpdl.history import history_record, load_history
+from xpdl.history import history_record
+from xpdl.run_folder import read_history
 
 #: Pictures of a run folder: first-layer weights (``xpdl train``) and confusion matrix (``xpdl evaluate --plot``).
 WEIGHTS_FILE = "weights.png"
@@ -105,7 +106,7 @@ def history_data(source: Any) -> dict[str, Any]:
         if not path.exists():
             raise FileNotFoundError(f"source: expected a run folder or a history.json file, got {str(source)!r} "
                                     "(no such file or folder)")
-        doc = load_history(path)
+        doc = read_history(path)
     elif isinstance(source, Mapping):
         doc = dict(source)
     else:

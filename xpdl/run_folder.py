@@ -68,6 +68,33 @@ def write_json(path: str | os.PathLike[str], doc: Any) -> Path:
     return atomic_write(path, lambda f: f.write(data))
 
 
+def read_history(path: str | os.PathLike[str], max_bytes: int = 64 * 2**20) -> dict[str, Any]:
+    """The ``history.json`` at ``path`` (a file, or the one in run folder ``path``) as a dict.
+
+    Raises:
+        RunFolderError: it is missing, larger than ``max_bytes``, not UTF-8 JSON (nesting
+            deep enough to exhaust the parser included), or not a JSON object; the message
+            names the file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / HISTORY_FILE
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise RunFolderError(f"{path}: cannot be read: {describe_os_error(exc)}") from None
+    if len(data) > max_bytes:
+        raise RunFolderError(f"{path}: expected a history.json of at most {max_bytes} bytes, got more")
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise RunFolderError(f"{path}: not a history.json (expected UTF-8 JSON): {type(exc).__name__}") from None
+    if not isinstance(doc, dict):
+        raise RunFolderError(f"{path}: expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
 def _try_lock(fd: int) -> bool:
     """Take an exclusive lock on open file ``fd`` without waiting; False when another process holds it."""
     try:
