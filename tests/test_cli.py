@@ -256,3 +256,37 @@ def test_python_dash_m_xpdl_runs_the_tool():
     result = subprocess.run([sys.executable, "-m", "xpdl", "--help"], capture_output=True, text=True, cwd=REPO,
                             timeout=60)
     assert result.returncode == 0 and "{train,evaluate,info}" in result.stdout
+
+
+# ------------------------------------------------------------------ normalization and AdamW
+def test_layer_norm_and_adamw_runs_resume_exactly(tmp_path, capsys):
+    """--normalization layernorm --update-rule adamw: 1 epoch + resume to 2 equals 2 epochs at once."""
+    opts = ["train", "--hidden-dims", "16,12", "--backend", "numpy", "--normalization", "layernorm",
+            "--update-rule", "adamw", "--weight-decay", "0.05", "--quiet"]
+    assert run_main(capsys, *opts, "--epochs", "2", "--out", str(tmp_path / "whole"))[0] == 0
+    assert run_main(capsys, *opts, "--epochs", "1", "--out", str(tmp_path / "part"))[0] == 0
+    assert run_main(capsys, "train", "--resume", str(tmp_path / "part"), "--epochs", "2", "--quiet")[0] == 0
+    whole, part = (load_checkpoint(tmp_path / n / "checkpoint.npz") for n in ("whole", "part"))
+    assert whole["config"]["normalization"] == "layernorm" and whole["update_rule"] == "adamw"
+    assert whole["updater"]["W1"]["weight_decay"] == 0.05
+    for group in ("model", "best"):
+        for k, v in whole[group].items():
+            assert np.array_equal(part[group][k], v), (group, k)
+    net = build_model(whole, "array_api_strict")
+    assert net.normalization == "layernorm" and not net.bn_params
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--weight-decay", "0.1"], "--weight-decay: only --update-rule adamw decays weights, got --update-rule adam"),
+    (["--batchnorm", "--normalization", "layernorm"], "--batchnorm contradicts --normalization layernorm"),
+    (["--normalization", "groupnorm"], "--normalization: invalid choice: 'groupnorm'"),
+])
+def test_normalization_and_weight_decay_mistakes_are_one_line(tmp_path, capsys, argv, match):
+    code, out, err = run_main(capsys, "train", *SMALL, "--out", str(tmp_path / "r"), *argv)
+    assert code == 2 and match in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_no_batchnorm_is_the_seed_spelling_of_normalization_none(tmp_path, capsys):
+    assert run_main(capsys, "train", *SMALL, "--no-batchnorm", "--out", str(tmp_path / "r"), "--quiet")[0] == 0
+    assert load_checkpoint(tmp_path / "r" / "best.npz")["config"]["normalization"] is None

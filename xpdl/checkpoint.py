@@ -301,7 +301,7 @@ RNG_SCHEMA = Obj({"key": Check(Str(pattern=r"[0-9]{1,39}"), _decimal_below(2**12
 ACCURACY = Number(ge=0, le=1)
 HISTORY_SCHEMA = Obj({"loss_history": ListOf(Number()), "train_acc_history": ListOf(ACCURACY),
                       "val_acc_history": ListOf(ACCURACY), "lr_history": ListOf(Nullable(Number(ge=0))),
-                      "time_history": ListOf(Number(ge=0))},
+                      "time_history": ListOf(Number(ge=0)), "check_iterations": ListOf(Int(min=0))},
                      required={"loss_history", "train_acc_history", "val_acc_history"},
                      extra=ListOf(Nullable(Number())))
 COUNTERS_SCHEMA = Obj({"t": Int(min=0), "epoch": Int(min=0), "best_val_acc": Number(ge=-1, le=1),

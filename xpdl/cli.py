@@ -59,12 +59,13 @@ DEFAULTS: dict[str, Any] = {
     "data_dir": "data",
     "download": False,
     "hidden_dims": [256, 256],
-    "batchnorm": True,
+    "normalization": "batchnorm",
     "dropout": 0.8,
     "weight_scale": 0.05,
     "reg": 0.0,
     "update_rule": "adam",
     "lr": 3e-3,
+    "weight_decay": None,
     "lr_decay": 0.95,
     "epochs": 20,
     "batch_size": 64,
@@ -75,13 +76,18 @@ DEFAULTS: dict[str, Any] = {
     "num_val": None,
 }
 
+#: Values of --normalization (``none``: no normalization layer).
+NORMALIZATION_CHOICES = ("none", "batchnorm", "layernorm")
+
 #: Seeds accepted by --seed: the Philox key of the net's generator is a 128-bit integer.
 SEED_LIMIT = 2**128
 
 #: The schema of the ``settings`` a run saves in its checkpoints (checked when one is read).
 SETTINGS_SCHEMA = schema.Obj({
     "data": schema.Str(choices=DATASETS), "data_dir": schema.Str(max_len=4096), "download": schema.Bool(),
-    "hidden_dims": schema.ListOf(schema.Int(min=1), max_len=1000), "batchnorm": schema.Bool(),
+    "hidden_dims": schema.ListOf(schema.Int(min=1), max_len=1000),
+    "normalization": schema.Str(choices=NORMALIZATION_CHOICES), "batchnorm": schema.Bool(),  # batchnorm: saved before normalization
+    "weight_decay": schema.Nullable(schema.Number(ge=0)),
     "dropout": schema.Number(ge=0, le=1), "weight_scale": schema.Number(gt=0), "reg": schema.Number(ge=0),
     "update_rule": schema.Str(choices=UPDATE_RULES), "lr": schema.Number(gt=0), "lr_decay": schema.Number(gt=0),
     "epochs": schema.Int(min=1), "batch_size": schema.Int(min=1),
@@ -239,8 +245,10 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                            "at most a quarter of the training images)")
     arch.add_argument("--hidden-dims", type=hidden_dims, metavar="W1,W2,...",
                       help=f"hidden layer widths (default {','.join(map(str, d['hidden_dims']))})")
+    arch.add_argument("--normalization", choices=NORMALIZATION_CHOICES,
+                      help=f"normalization after every hidden affine layer (default {d['normalization']})")
     arch.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=None,
-                      help="batch norm after every hidden affine layer (default on)")
+                      help="the same as --normalization batchnorm / none")
     arch.add_argument("--dropout", type=keep_probability, metavar="P",
                       help=f"dropout keep probability; 0 turns dropout off (default {d['dropout']})")
     arch.add_argument("--weight-scale", type=positive_float, metavar="S",
@@ -250,6 +258,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     opt = p.add_argument_group("optimization")
     opt.add_argument("--update-rule", choices=UPDATE_RULES, help=f"update rule (default {d['update_rule']})")
     opt.add_argument("--lr", type=positive_float, metavar="LR", help=f"learning rate (default {d['lr']})")
+    opt.add_argument("--weight-decay", type=nonnegative_float, metavar="WD",
+                     help="decoupled weight decay of --update-rule adamw (default 0.01)")
     opt.add_argument("--lr-decay", type=positive_float, metavar="F",
                      help=f"learning rate factor after each epoch (default {d['lr_decay']})")
     opt.add_argument("--epochs", type=positive_int, metavar="N",
@@ -286,10 +296,34 @@ def new_settings(args: argparse.Namespace) -> dict[str, Any]:
 
     The backend is ``--backend``, else ``XPDL_BACKEND``, else ``auto``.
     """
+    fold_batchnorm_option(args)
     settings = {k: (v if (v := getattr(args, k, None)) is not None else default) for k, default in DEFAULTS.items()}
     if args.backend is None:
         settings["backend"] = env_backend_name()
+    if settings["weight_decay"] is not None and settings["update_rule"] != "adamw":
+        raise UsageError(f"--weight-decay: only --update-rule adamw decays weights, got --update-rule "
+                         f"{settings['update_rule']} (use --reg for an L2 penalty)")
     return settings
+
+
+def fold_batchnorm_option(args: argparse.Namespace) -> None:
+    """``--batchnorm`` / ``--no-batchnorm`` as ``--normalization batchnorm`` / ``none``; a contradiction is refused."""
+    flag = getattr(args, "batchnorm", None)
+    if flag is None:
+        return
+    implied = "batchnorm" if flag else "none"
+    if getattr(args, "normalization", None) not in (None, implied):
+        raise UsageError(f"--{'' if flag else 'no-'}batchnorm contradicts --normalization {args.normalization}")
+    args.normalization = implied
+
+
+def migrate_settings(saved: dict[str, Any]) -> dict[str, Any]:
+    """Settings saved before ``normalization`` existed: ``batchnorm: true/false`` becomes it."""
+    saved = dict(saved)
+    if "batchnorm" in saved:
+        flag = saved.pop("batchnorm")
+        saved.setdefault("normalization", "batchnorm" if flag else "none")
+    return saved
 
 
 def env_backend_name() -> str:
@@ -306,7 +340,8 @@ def resumed_settings(saved: dict[str, Any], args: argparse.Namespace) -> dict[st
     Raises:
         UsageError: an option that defines the run was given with a different value.
     """
-    settings = {**DEFAULTS, **saved}
+    fold_batchnorm_option(args)
+    settings = {**DEFAULTS, **migrate_settings(saved)}
     conflicts = []
     for key in DEFAULTS:
         value = getattr(args, key, None)
@@ -326,7 +361,10 @@ def resumed_settings(saved: dict[str, Any], args: argparse.Namespace) -> dict[st
 
 def trainer_options(settings: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments of :class:`Trainer` for a run's settings."""
-    return {"update_rule": settings["update_rule"], "updater_config": {"learning_rate": settings["lr"]},
+    config = {"learning_rate": settings["lr"]}
+    if settings.get("weight_decay") is not None:
+        config["weight_decay"] = settings["weight_decay"]
+    return {"update_rule": settings["update_rule"], "updater_config": config,
             "lr_decay": settings["lr_decay"], "batch_size": settings["batch_size"],
             "num_epochs": settings["epochs"], "seed": settings["seed"], "verbose": False}
 
@@ -393,7 +431,8 @@ def build_trainer(settings: dict[str, Any], data: dict[str, Any], backend: Backe
     try:
         net = FullyConnectedNet(input_dim=int(data["X_train"].shape[1]), hidden_dims=settings["hidden_dims"],
                                 num_classes=int(data["num_classes"]), dropout=settings["dropout"],
-                                use_batchnorm=settings["batchnorm"], reg=settings["reg"],
+                                normalization=None if settings["normalization"] == "none" else settings["normalization"],
+                                reg=settings["reg"],
                                 weight_scale=settings["weight_scale"], seed=settings["seed"],
                                 dtype=settings["dtype"], backend=backend)
         return Trainer(net, data, **trainer_options(settings))
@@ -712,7 +751,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- info
-LIBRARIES = ("numpy", "array-api-compat", "array-api-strict", "numba", "scikit-learn", "tqdm", "matplotlib")
+LIBRARIES = ("numpy", "array-api-compat", "array-api-strict", "numba", "tqdm", "matplotlib")
 CUPY_DISTRIBUTIONS = ("cupy", "cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x")
 
 

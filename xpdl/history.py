@@ -28,17 +28,6 @@ from xpdl.run_folder import (
 )
 
 
-def check_iterations(num_checks: int, iterations_per_epoch: int) -> list[int]:
-    """Iterations (1-based counts of steps done) at which the Trainer checked accuracy.
-
-    The Trainer checks after the first iteration and at every epoch end; when an
-    epoch is one iteration long those coincide. Returns the first ``num_checks``.
-    """
-    ipe = max(int(iterations_per_epoch), 1)
-    its = [1] + [k * ipe for k in range(1, num_checks + 1) if k * ipe != 1]
-    return its[:num_checks]
-
-
 def best_check(val_acc_history: list[float]) -> int | None:
     """Index of the accuracy check that set the best validation accuracy (the first maximum), or None."""
     return int(np.argmax(val_acc_history)) if val_acc_history else None
@@ -57,7 +46,7 @@ def history_record(trainer: Any, settings: dict[str, Any], device: str) -> dict[
     """
     trainer.flush_losses()
     ipe = trainer.iterations_per_epoch
-    checks = check_iterations(len(trainer.val_acc_history), ipe)
+    checks = list(trainer.check_iterations)
     best = best_check(trainer.val_acc_history)
     return {
         "settings": settings,
@@ -136,7 +125,7 @@ class RunRecorder:
         best = best_check(trainer.val_acc_history)
         info = {"best_val_acc": trainer.best_val_acc}
         if best is not None:
-            info["epoch"] = check_iterations(best + 1, ipe)[best] / ipe
+            info["epoch"] = trainer.check_iterations[best] / ipe
         meta = {**self.meta, "info": info}
         with self._writing(BEST_FILE):
             save_model(self.folder / BEST_FILE, trainer.model, meta, arrays=trainer.best_state)

@@ -319,6 +319,10 @@ class Trainer:
         self.train_seconds = float(counters.get("train_seconds", 0.0))
         for name in HISTORY_LISTS:
             setattr(self, name, list(state["history"].get(name, [])))
+        if len(self.check_iterations) != len(self.val_acc_history):  # a state saved before they were recorded
+            ipe = self.iterations_per_epoch
+            self.check_iterations = ([1] + [k * ipe for k in range(1, len(self.val_acc_history) + 1)
+                                            if k * ipe != 1])[:len(self.val_acc_history)]
         self._pending_losses = []
         self.model.rng.set_state(state["rng"])
 
