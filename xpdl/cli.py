@@ -86,7 +86,8 @@ SEED_LIMIT = 2**128
 SETTINGS_SCHEMA = schema.Obj({
     "data": schema.Str(choices=DATASETS), "data_dir": schema.Str(max_len=4096), "download": schema.Bool(),
     "hidden_dims": schema.ListOf(schema.Int(min=1), max_len=1000),
-    "normalization": schema.Str(choices=NORMALIZATION_CHOICES), "batchnorm": schema.Bool(),  # batchnorm: saved before normalization
+    # "batchnorm": runs saved before "normalization" existed (see migrate_settings)
+    "normalization": schema.Str(choices=NORMALIZATION_CHOICES), "batchnorm": schema.Bool(),
     "weight_decay": schema.Nullable(schema.Number(ge=0)),
     "dropout": schema.Number(ge=0, le=1), "weight_scale": schema.Number(gt=0), "reg": schema.Number(ge=0),
     "update_rule": schema.Str(choices=UPDATE_RULES), "lr": schema.Number(gt=0), "lr_decay": schema.Number(gt=0),
@@ -317,6 +318,11 @@ def fold_batchnorm_option(args: argparse.Namespace) -> None:
     args.normalization = implied
 
 
+def _normalization(settings: dict[str, Any]) -> str | None:
+    """The ``normalization`` argument of :class:`FullyConnectedNet` for a run's settings."""
+    return None if settings["normalization"] == "none" else settings["normalization"]
+
+
 def migrate_settings(saved: dict[str, Any]) -> dict[str, Any]:
     """Settings saved before ``normalization`` existed: ``batchnorm: true/false`` becomes it."""
     saved = dict(saved)
@@ -431,8 +437,7 @@ def build_trainer(settings: dict[str, Any], data: dict[str, Any], backend: Backe
     try:
         net = FullyConnectedNet(input_dim=int(data["X_train"].shape[1]), hidden_dims=settings["hidden_dims"],
                                 num_classes=int(data["num_classes"]), dropout=settings["dropout"],
-                                normalization=None if settings["normalization"] == "none" else settings["normalization"],
-                                reg=settings["reg"],
+                                normalization=_normalization(settings), reg=settings["reg"],
                                 weight_scale=settings["weight_scale"], seed=settings["seed"],
                                 dtype=settings["dtype"], backend=backend)
         return Trainer(net, data, **trainer_options(settings))
