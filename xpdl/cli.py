@@ -1,4 +1,4 @@
-"""The ``xpdl`` command-line tool (also ``python -m xpdl``): ``train``, ``evaluate``, ``info``.
+"""The ``xpdl`` command-line tool (also ``python -m xpdl``): ``train``, ``evaluate``, ``info``, ``tune``.
 
 ``xpdl train`` with no arguments trains ``{affine - batch norm - relu - dropout} x 2
 - affine - softmax`` on the embedded 8x8 digits dataset and writes a run folder
@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from xpdl import tune
 from xpdl.backend import Backend, BackendUnavailable, available_backends, get_backend
 from xpdl.checkpoint import CheckpointError, build_model, load_checkpoint, remove_stale_temporaries, restore_trainer
 from xpdl.datasets import DATASETS, DatasetError, apply_preprocessing, load_dataset, load_raw
@@ -149,12 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="xpdl", description="Train, evaluate and inspect fully-connected nets (also: python -m xpdl).",
         epilog="Run 'xpdl COMMAND --help' for a command's options. Exit codes: 0 ok, 1 training diverged, "
                "2 bad arguments or missing data, 130 interrupted.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,info}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,info,tune}")
     _add_train(sub.add_parser("train", help="train a fully-connected net and write a run folder",
                               description="Train a fully-connected net; options left out keep the defaults "
                                           "shown (or, with --resume, the run's saved settings)."))
     _add_evaluate(sub.add_parser("evaluate", help="test accuracy and confusion matrix of a run or checkpoint"))
     sub.add_parser("info", help="backends that work here (and why others do not), devices, library versions")
+    tune.add_parser(sub)
     return parser
 
 
@@ -367,6 +369,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``xpdl train``: train (or resume) a run and print a summary."""
     session = resume_session(args) if args.resume else start_session(args)
     trainer = session.trainer
+    if getattr(args, "epoch_callback", None) is not None:
+        trainer.on_epoch_end = _finalizing(session, args.epoch_callback)
     if session.resumed and trainer.t >= trainer.num_iterations:
         session.recorder.finish(trainer)  # in case the run was stopped while drawing its curves
         print(f"{session.folder}: the run is complete ({trainer.epoch} epochs); "
@@ -381,6 +385,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     session.recorder.finish(trainer)
     print(summary(session, trainer.t - t0, seconds))
     return 0
+
+
+def _finalizing(session: Session, callback: Any) -> Any:
+    """``callback(trainer)`` that, when it raises, first finishes the run folder (checkpoint, best, history, curves)."""
+    def on_epoch_end(trainer: Trainer) -> None:
+        try:
+            callback(trainer)
+        except BaseException:
+            session.recorder(trainer)
+            session.recorder.finish(trainer)
+            raise
+    return on_epoch_end
 
 
 def train_with_progress(session: Session, progress: Progress) -> float | None:
@@ -579,12 +595,28 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- main
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info, "tune": tune.cmd_tune}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the tool with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
-    args = build_parser().parse_args(argv)
+    return run_command(build_parser().parse_args(argv))
+
+
+def train_main(argv: list[str], epoch_callback: Any = None) -> int:
+    """``xpdl train`` with ``argv`` (its options, without the word ``train``); returns the exit code.
+
+    ``epoch_callback(trainer)`` runs after every epoch's accuracy check
+    (``trainer.val_acc_history[-1]``, ``trainer.epoch``). An exception it raises
+    propagates to the caller after the run folder has been finished.
+    """
+    args = build_parser().parse_args(["train", *argv])
+    args.epoch_callback = epoch_callback
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command ``args.command``, turning user errors into exit codes."""
     try:
         return COMMANDS[args.command](args)
     except (UsageError, DatasetError, CheckpointError) as exc:
