@@ -133,7 +133,8 @@ def _resume(args: argparse.Namespace) -> int:
         ts.set_budget(study, args.trials)
     if ts.is_database_url(spec):
         ts.fail_stale(study)
-    else:  # a journal: nobody else works on it, so a running trial's worker is gone
+    else:  # a journal: nobody else works on it, so a running trial's worker is gone, and so is its file lock
+        Path(spec + ".lock").unlink(missing_ok=True)
         dead = ts.recover(study, "its worker was gone when the study was resumed")
         if dead and not args.quiet:
             print(f"trials {', '.join(map(str, dead))} were left running by workers that are gone: "
@@ -293,8 +294,9 @@ def drive(out: Path, spec: str, name: str, workers: int | None, quiet: bool, joi
     left = config["trials"] - len(ts.counted(trials)) + sum(t.state.name == "WAITING" for t in trials)
     count = min(os.cpu_count() or 1, max(left, 1)) if workers is None else min(workers, max(left, 0))
     seen = {t.number for t in trials if t.state in ts.FINISHED}
+    done = sum(t.state in ts.FINISHED for t in ts.counted(trials))
     if not quiet:
-        print(f"study {name} in {_safe_url(spec)}: {len(seen)} of {config['trials']} trials done; {count} workers "
+        print(f"study {name} in {_safe_url(spec)}: {done} of {config['trials']} trials done; {count} workers "
               f"x {max(1, (os.cpu_count() or 1) // max(count, 1))} BLAS threads; trial runs in {out / 'trials'}")
     base = secrets.randbelow(2**30) if joined else config["seed"] * 1_000_003 + len(trials) * 101
     procs = start_workers(out, spec, name, count, [(base + k) % 2**31 for k in range(count)]) if count else []
