@@ -8,7 +8,9 @@ compilation in each new worker process).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
+import io
 import json
 import os
 import pwd
@@ -32,6 +34,7 @@ from optuna.trial import TrialState  # noqa: E402
 
 REPO = Path(xpdl.__file__).resolve().parents[1]
 TINY = ["--hidden-dims", "16", "--backend", "numpy"]
+NO_CHECKPOINTS = ["--checkpoint-every", "100000"]  # only after the last iteration: no fsync every epoch
 SEARCH = ["--search", "lr=1e-5..1e-1:log", "--search", "batch-size=32/64"]
 
 
@@ -49,6 +52,14 @@ def xpdl_cmd(*argv: str) -> list[str]:
 def run_xpdl(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(xpdl_cmd(*argv), capture_output=True, text=True, timeout=timeout, cwd=REPO,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def main_in_process(*argv: str) -> subprocess.CompletedProcess:
+    """``xpdl argv`` run by :func:`xpdl.cli.main` in this process (its workers are still processes)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(list(argv))
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def start_xpdl(*argv: str) -> subprocess.Popen:
@@ -152,13 +163,12 @@ def test_without_optuna_tune_says_how_to_install_it_and_import_xpdl_never_import
 def finished_study(tmp_path_factory):
     """An 8-trial study with 2 worker processes, then resumed to 10 trials: (folder, first output, resume output)."""
     folder = tmp_path_factory.mktemp("tune") / "study"
-    env = {"XPDL_QUIET": "1", "XPDL_FUSED": "0"}
     with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        first = run_xpdl("tune", *TINY, "--epochs", "4", *SEARCH, "--sampler", "random", "--trials", "8",
-                         "--workers", "2", "--seed", "3", "--out", str(folder))
-        second = run_xpdl("tune", "--resume", str(folder), "--trials", "10", "--workers", "2")
+        mp.setenv("XPDL_QUIET", "1")
+        mp.setenv("XPDL_FUSED", "0")
+        first = main_in_process("tune", *TINY, *NO_CHECKPOINTS, "--epochs", "4", *SEARCH, "--sampler", "random",
+                                "--trials", "8", "--workers", "2", "--seed", "3", "--out", str(folder))
+        second = main_in_process("tune", "--resume", str(folder), "--trials", "10", "--workers", "2")
     return folder, first, second
 
 
@@ -211,7 +221,7 @@ def test_the_median_pruner_stops_poor_trials(tmp_path):
     from xpdl.tune import tune
 
     study = tune({"lr": "1e-6..1e-1:log"}, trials=8, workers=1, sampler="random", pruner="median", seed=0,
-                 out=tmp_path / "p", epochs=5, hidden_dims=[16], backend="numpy")
+                 out=tmp_path / "p", epochs=5, hidden_dims=[16], backend="numpy", checkpoint_every=100000)
     trials = study.get_trials()
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert len(trials) == 8 and pruned and all(t.state != TrialState.FAIL for t in trials)
@@ -223,7 +233,7 @@ def test_the_median_pruner_stops_poor_trials(tmp_path):
 
 def test_kill_9_of_every_process_then_resume_leaves_no_trial_running(tmp_path):
     folder = tmp_path / "k"
-    proc = start_xpdl("tune", *TINY, "--epochs", "30", "--checkpoint-every", "100000", "--search",
+    proc = start_xpdl("tune", *TINY, *NO_CHECKPOINTS, "--epochs", "30", "--search",
                       "lr=1e-3..1e-2:log", "--trials", "3",
                       "--workers", "2", "--pruner", "none", "--out", str(folder))
     try:
@@ -312,8 +322,9 @@ def postgres_url():
 
 
 def test_two_join_processes_share_one_study_on_postgresql(postgres_url, tmp_path):
-    made = run_xpdl("tune", *TINY, "--epochs", "6", *SEARCH, "--trials", "8", "--workers", "0",
-                    "--storage", postgres_url, "--study", "shared", "--out", str(tmp_path / "a"))
+    made = main_in_process("tune", *TINY, *NO_CHECKPOINTS, "--epochs", "8", *SEARCH, "--trials", "6",
+                           "--workers", "0", "--storage", postgres_url, "--study", "shared",
+                           "--out", str(tmp_path / "a"))
     assert made.returncode == 0, made.stderr
     assert "--join postgresql+psycopg2://xpdl" in made.stdout and "--study shared" in made.stdout
     machines = [start_xpdl("tune", "--join", postgres_url, "--study", "shared", "--workers", "1",
@@ -323,13 +334,13 @@ def test_two_join_processes_share_one_study_on_postgresql(postgres_url, tmp_path
         assert proc.returncode == 0, err
     study = optuna.load_study(study_name="shared", storage=postgres_url)
     trials = study.get_trials()
-    assert len(trials) == 8 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    assert len(trials) == 6 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
     runs = [sorted(p.name for p in (tmp_path / f"m{k}" / "trials").glob("trial-*")) for k in range(2)]
     assert sorted(runs[0] + runs[1]) == [f"trial-{t.number:04d}" for t in trials]
     assert all(runs), f"one machine ran no trial: {runs}"
     assert len({t.user_attrs["worker"] for t in trials}) == 2
     summary = json.loads((tmp_path / "m0" / "summary.json").read_text())
-    assert len(summary["trials"]) == 8
+    assert len(summary["trials"]) == 6
 
 
 def test_the_tune_parser_takes_every_tunable_train_option():

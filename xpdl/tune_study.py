@@ -52,8 +52,10 @@ def open_storage(spec: str) -> optuna.storages.BaseStorage:
         retry = {"heartbeat_stale_trial_callback": callback_class()}
     else:  # Optuna before 4.9
         retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback()}
-    return optuna.storages.RDBStorage(spec, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
-                                      engine_kwargs={"pool_pre_ping": True}, **retry)
+    with warnings.catch_warnings():  # heartbeats are marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(spec, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
+                                          engine_kwargs={"pool_pre_ping": True}, **retry)
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
