@@ -301,6 +301,7 @@ def drive(out: Path, spec: str, name: str, workers: int | None, quiet: bool, joi
     base = secrets.randbelow(2**30) if joined else config["seed"] * 1_000_003 + len(trials) * 101
     procs = start_workers(out, spec, name, count, [(base + k) % 2**31 for k in range(count)]) if count else []
     interrupted = False
+    old_term = _sigterm_as_interrupt()
     try:
         while True:
             running = any(p.poll() is None for p in procs)
@@ -314,6 +315,9 @@ def drive(out: Path, spec: str, name: str, workers: int | None, quiet: bool, joi
         print(f"\ninterrupted: stopping {len(procs)} workers", file=sys.stderr)
         stop_workers(procs)
         signal.signal(signal.SIGINT, old)
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     ours = {ts.worker_name(p.pid) for p in procs}
     ts.recover(study, "its worker process died", lambda t: t.user_attrs.get("worker") in ours)
     _print_new(study, seen, quiet)
@@ -332,6 +336,17 @@ def drive(out: Path, spec: str, name: str, workers: int | None, quiet: bool, joi
     if interrupted or failed:
         print(f"continue with: xpdl tune --resume {out}", file=sys.stderr)
     return 130 if interrupted else 1 if failed else 0
+
+
+def _sigterm_as_interrupt() -> Any:
+    """Treat SIGTERM like Ctrl-C while workers run (so they are stopped too); returns the old handler."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        return None
 
 
 def _print_new(study: Any, seen: set[int], quiet: bool) -> set[int]:
