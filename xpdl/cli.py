@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="xpdl", description="Train, evaluate and inspect fully-connected nets (also: python -m xpdl).",
         epilog="Run 'xpdl COMMAND --help' for a command's options. Exit codes: 0 ok, 1 training diverged, "
                "2 bad arguments or missing data, 130 interrupted.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,info,tune}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,info}")
     _add_train(sub.add_parser("train", help="train a fully-connected net and write a run folder",
                               description="Train a fully-connected net; options left out keep the defaults "
                                           "shown (or, with --resume, the run's saved settings)."))
