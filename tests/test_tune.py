@@ -233,19 +233,19 @@ def test_the_median_pruner_stops_poor_trials(tmp_path):
 
 def test_kill_9_of_every_process_then_resume_leaves_no_trial_running(tmp_path):
     folder = tmp_path / "k"
-    proc = start_xpdl("tune", *TINY, *NO_CHECKPOINTS, "--epochs", "30", "--search",
+    proc = start_xpdl("tune", *TINY, *NO_CHECKPOINTS, "--epochs", "60", "--search",
                       "lr=1e-3..1e-2:log", "--trials", "3",
                       "--workers", "2", "--pruner", "none", "--out", str(folder))
     try:
         def two_running() -> bool:
             return (folder / "journal.log").exists() and states(journal_trials(folder)).count("RUNNING") == 2
         wait_for(two_running, "two running trials")
-        time.sleep(0.5)
+        time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
     killed = [t for t in journal_trials(folder) if t.state == TrialState.RUNNING]
-    assert len(killed) == 2
+    assert killed  # usually both; one may have finished in the moment before the kill
     resumed = run_xpdl("tune", "--resume", str(folder), "--workers", "2")
     assert resumed.returncode == 0, resumed.stderr
     trials = journal_trials(folder)
@@ -258,7 +258,7 @@ def test_kill_9_of_every_process_then_resume_leaves_no_trial_running(tmp_path):
         retry = next(r for r in trials if r.system_attrs.get("failed_trial") == t.number)
         assert retry.state == TrialState.COMPLETE and retry.params == failed.params
     summary = json.loads((folder / "summary.json").read_text())
-    assert sorted(s["state"] for s in summary["trials"]) == ["COMPLETE"] * 3 + ["FAIL"] * 2
+    assert sorted(s["state"] for s in summary["trials"]) == ["COMPLETE"] * 3 + ["FAIL"] * len(killed)
 
 
 def test_ctrl_c_stops_every_worker_and_says_how_to_resume(tmp_path):
