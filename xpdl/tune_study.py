@@ -47,13 +47,13 @@ def open_storage(spec: str) -> optuna.storages.BaseStorage:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(os.fspath(spec)))
-    callback_class = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
-    if callback_class is not None:
-        retry = {"heartbeat_stale_trial_callback": callback_class()}
-    else:  # Optuna before 4.9
-        retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback()}
-    with warnings.catch_warnings():  # heartbeats are marked experimental
+    with warnings.catch_warnings():  # heartbeats and their retry callback are marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        callback_class = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+        if callback_class is not None:
+            retry = {"heartbeat_stale_trial_callback": callback_class()}
+        else:  # Optuna before 4.9
+            retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback()}
         return optuna.storages.RDBStorage(spec, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
                                           engine_kwargs={"pool_pre_ping": True}, **retry)
 
