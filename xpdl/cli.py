@@ -1,4 +1,4 @@
-"""The ``xpdl`` command-line tool (also ``python -m xpdl``): ``train``, ``evaluate``, ``info``.
+"""The ``xpdl`` command-line tool (also ``python -m xpdl``): ``train``, ``evaluate``, ``info``, ``tune``.
 
 ``xpdl train`` with no arguments trains ``{affine - batch norm - relu - dropout} x 2
 - affine - softmax`` on the embedded 8x8 digits dataset and writes a run folder
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from xpdl import schema
+from xpdl import schema, tune
 from xpdl.backend import (
     ENV_VARIABLE,
     Backend,
@@ -221,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                               description=TRAIN_DESCRIPTION))
     _add_evaluate(sub.add_parser("evaluate", help="test accuracy and confusion matrix of a run or checkpoint"))
     sub.add_parser("info", help="backends that work here (and why others do not), devices, library versions")
+    tune.add_parser(sub)
     return parser
 
 
@@ -835,7 +836,7 @@ def _env_backend_line() -> str:
 
 
 # ---------------------------------------------------------------- main
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info, "tune": tune.cmd_tune}
 
 
 def main(argv: list[str] | None = None) -> int:

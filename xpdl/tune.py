@@ -1,0 +1,394 @@
+"""``xpdl tune``: hyperparameter search with Optuna, in parallel worker processes and across machines.
+
+::
+
+    xpdl tune [xpdl train options, fixed] --search lr=1e-4..1e-2:log --search hidden-dims=256/512,256 \\
+        --trials 50 [--workers W] [--sampler tpe|random] [--pruner median|asha|none] \\
+        [--storage URL] [--study NAME] [--seed S] [--out DIR] [--quiet]
+    xpdl tune --resume DIR [--trials N] [--workers W]    # continue; N = trials in total
+    xpdl tune --join URL --study NAME [--workers W]     # another machine works on the same study
+
+The study is created once, before any worker starts, and stores its settings.
+Each of the W workers is a separate process (``python -m xpdl tune --worker``,
+:mod:`xpdl.tune_worker`) whose BLAS uses cores / W threads; the process that
+started them prints a line per finished trial, and at the end writes
+``DIR/summary.json`` and ``DIR/tune.png`` and prints the best trials.
+:func:`tune` does the same from Python. Optuna is an extra
+(``pip install "xpdl[tune]"``); this module imports it only when a study runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import xpdl
+from xpdl.tune_space import NOT_TUNABLE, SearchSpaceError, fixed_options, given_fixed, parse_space
+
+INSTALL_HINT = 'Optuna is not installed; install it with pip install "xpdl[tune]" (or pip install optuna)'
+STUDY_FILE = "tune.json"
+DEFAULT_TRIALS = 20
+#: Environment variables that set the thread count of the BLAS and of numba in a worker.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+#: Seconds a worker gets to finish its run folder after Ctrl-C before it is killed.
+STOP_SECONDS = 30.0
+
+
+class TuneError(Exception):
+    """A mistake in how ``xpdl tune`` was called; printed as one line, exit code 2."""
+
+
+# ---------------------------------------------------------------- the parser
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``xpdl tune`` (after ``train``, whose options it takes as fixed values)."""
+    from xpdl.cli import nonnegative_int
+
+    p = subparsers.add_parser(
+        "tune", help="hyperparameter search over xpdl train options (Optuna; parallel workers, many machines)",
+        description="Search xpdl train options with Optuna. Options of xpdl train given here are fixed for "
+                    "every trial; --search NAME=LOW..HIGH[:log] or NAME=A/B/C searches one (NAME: the option "
+                    "without dashes). Each trial is an xpdl train run under DIR/trials/.")
+    s = p.add_argument_group("search")
+    s.add_argument("--search", action="append", metavar="NAME=SPEC",
+                   help="a searched option: NAME=LOW..HIGH, NAME=LOW..HIGH:log or NAME=A/B/C (repeatable)")
+    s.add_argument("--trials", type=nonnegative_int, metavar="N",
+                   help=f"trials in total, finished or running (default {DEFAULT_TRIALS}; "
+                        "with --resume: the new total)")
+    s.add_argument("--workers", type=nonnegative_int, metavar="W",
+                   help="worker processes on this machine (default: the cores, at most the trials left; "
+                        "0: only create or update the study)")
+    s.add_argument("--sampler", choices=("tpe", "random"), help="Optuna sampler (default tpe, with constant_liar)")
+    s.add_argument("--pruner", choices=("median", "asha", "none"), help="stops poor trials early (default median)")
+    s.add_argument("--seed", type=nonnegative_int, metavar="S",
+                   help="trial N trains with seed S + N; also seeds the samplers (default 0)")
+    w = p.add_argument_group("study")
+    w.add_argument("--storage", metavar="URL",
+                   help="an SQLAlchemy URL (postgresql+psycopg2://user:pw@host/db) or a journal file "
+                        "(default DIR/journal.log)")
+    w.add_argument("--study", metavar="NAME", help="study name (default: the name of DIR)")
+    w.add_argument("--out", metavar="DIR", help="folder for the study (default runs/tune-<timestamp>)")
+    w.add_argument("--resume", metavar="DIR", help="continue the study of folder DIR")
+    w.add_argument("--join", metavar="URL", help="work on the existing study --study NAME in storage URL")
+    w.add_argument("--quiet", action="store_true", help="print only the final table")
+    w.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    w.add_argument("--worker-seed", type=nonnegative_int, default=0, help=argparse.SUPPRESS)
+    fixed = p.add_argument_group("xpdl train options (fixed for every trial; see xpdl train --help)")
+    for action in subparsers.choices["train"]._actions:
+        if action.option_strings and action.dest not in NOT_TUNABLE:
+            fixed._add_action(action)
+    return p
+
+
+# ---------------------------------------------------------------- the command
+def cmd_tune(args: argparse.Namespace) -> int:
+    """``xpdl tune``: start, resume or join a study, or (``--worker``) be one of its workers."""
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        print(f"xpdl tune: error: {INSTALL_HINT}", file=sys.stderr)
+        return 2
+    try:
+        if args.worker:
+            from xpdl.tune_worker import run_worker
+
+            return run_worker(args.storage, args.study, args.out, args.worker_seed)
+        if args.resume:
+            return _resume(args)
+        if args.join:
+            return _join(args)
+        return _start(args)
+    except (TuneError, SearchSpaceError) as exc:
+        print(f"xpdl tune: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _start(args: argparse.Namespace) -> int:
+    fixed = given_fixed(args)
+    out, spec, name = new_study(args.search or [], fixed, trials=args.trials, storage=args.storage,
+                                study=args.study, out=args.out, sampler=args.sampler or "tpe",
+                                pruner=args.pruner or "median", seed=args.seed or 0)
+    return drive(out, spec, name, args.workers, args.quiet)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from xpdl import tune_study as ts
+
+    given = [f"--{k}" for k in ("search", "sampler", "pruner", "seed", "storage", "study", "out", "join")
+             if getattr(args, k) is not None] + [f"--{n}" for n in given_fixed(args)]
+    if given:
+        raise TuneError(f"--resume continues the study with its saved settings; only --trials, --workers and "
+                        f"--quiet may be given, got {', '.join(given)}")
+    out, spec, name = read_study_file(args.resume)
+    study = open_study(spec, name)
+    if args.trials is not None:
+        ts.set_budget(study, args.trials)
+    if ts.is_database_url(spec):
+        ts.fail_stale(study)
+    else:  # a journal: nobody else works on it, so a running trial's worker is gone, and so is its file lock
+        Path(spec + ".lock").unlink(missing_ok=True)
+        dead = ts.recover(study, "its worker was gone when the study was resumed")
+        if dead and not args.quiet:
+            print(f"trials {', '.join(map(str, dead))} were left running by workers that are gone: "
+                  "marked FAIL and queued again")
+    return drive(out, spec, name, args.workers, args.quiet)
+
+
+def _join(args: argparse.Namespace) -> int:
+    from xpdl import tune_study as ts
+
+    if not args.study:
+        raise TuneError("--join needs --study NAME, the study to work on")
+    given = [f"--{k}" for k in ("search", "sampler", "pruner", "seed", "storage", "trials")
+             if getattr(args, k) is not None] + [f"--{n}" for n in given_fixed(args)]
+    if given:
+        raise TuneError(f"--join works with the study's saved settings; only --workers, --out and --quiet "
+                        f"may be given, got {', '.join(given)}")
+    study = open_study(args.join, args.study)
+    ts.fail_stale(study)
+    out = Path(args.out or Path("runs") / f"tune-{args.study}-{time.strftime('%Y%m%d-%H%M%S')}")
+    write_study_file(out, args.join, args.study)
+    return drive(out, args.join, args.study, args.workers, args.quiet, joined=True)
+
+
+# ---------------------------------------------------------------- study folders
+def new_study(search: Iterable[str] | Mapping[str, Any], fixed: Mapping[str, Any], *, trials: int | None,
+              storage: str | None, study: str | None, out: str | os.PathLike[str] | None, sampler: str,
+              pruner: str, seed: int) -> tuple[Path, str, str]:
+    """Check the settings, create the study folder and the study; returns (folder, storage spec, study name).
+
+    Raises:
+        TuneError, SearchSpaceError: a bad setting, a folder that holds a study already,
+            or a study name taken in the storage.
+    """
+    from optuna.exceptions import DuplicatedStudyError
+
+    from xpdl import tune_study as ts
+
+    space = parse_space(search, fixed)
+    trials = DEFAULT_TRIALS if trials is None else trials
+    if sampler not in ts.SAMPLERS or pruner not in ts.PRUNERS:
+        raise TuneError(f"sampler, pruner: expected one of {ts.SAMPLERS} and {ts.PRUNERS}, got {sampler!r}, "
+                        f"{pruner!r}")
+    folder = Path(out) if out is not None else Path("runs") / f"tune-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (folder / STUDY_FILE).exists():
+        raise TuneError(f"--out {folder}: already holds a study ({STUDY_FILE}); continue it with "
+                        f"xpdl tune --resume {folder}, or choose another folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    name = study or folder.resolve().name
+    spec = storage or str((folder / ts.JOURNAL_FILE).resolve())
+    config = {"fixed": fixed, "search": [str(p) for p in space], "sampler": sampler, "pruner": pruner,
+              "seed": int(seed), "trials": int(trials), "xpdl_version": xpdl.__version__}
+    try:
+        ts.create_study(ts.open_storage(spec), name, config)
+    except DuplicatedStudyError:
+        raise TuneError(f"--study {name}: a study of that name exists in {_safe_url(spec)}; work on it with "
+                        f"--join {_safe_url(spec)} --study {name}, or choose another name") from None
+    write_study_file(folder, spec, name)
+    return folder, spec, name
+
+
+def write_study_file(folder: Path, spec: str, name: str) -> None:
+    """Write ``DIR/tune.json``: where the study is (storage spec, study name)."""
+    from xpdl.history import write_json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / STUDY_FILE, {"storage": spec, "study": name})
+
+
+def read_study_file(folder: str | os.PathLike[str]) -> tuple[Path, str, str]:
+    """(folder, storage spec, study name) from ``DIR/tune.json``."""
+    path = Path(folder) / STUDY_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return Path(folder), doc["storage"], doc["study"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise TuneError(f"--resume {folder}: no readable {STUDY_FILE} ({exc}); "
+                        "not a folder made by xpdl tune?") from None
+
+
+def open_study(spec: str, name: str) -> Any:
+    """The study ``name`` in storage ``spec``, checked to hold ``xpdl tune`` settings."""
+    from xpdl import tune_study as ts
+
+    try:
+        study = ts.load_study(ts.open_storage(spec), name)
+        ts.study_config(study)
+    except (KeyError, ValueError) as exc:
+        raise TuneError(str(exc).strip("'\"")) from None
+    except Exception as exc:  # a database that cannot be reached, a driver that is missing
+        raise TuneError(f"storage {_safe_url(spec)}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    return study
+
+
+def _safe_url(spec: str) -> str:
+    """``spec`` with any password replaced by ``***``."""
+    head, sep, tail = spec.partition("://")
+    if sep and "@" in tail:
+        cred, _, host = tail.rpartition("@")
+        user = cred.split(":", 1)[0]
+        return f"{head}://{user}:***@{host}" if ":" in cred else spec
+    return spec
+
+
+# ---------------------------------------------------------------- workers
+def worker_environment(threads: int) -> dict[str, str]:
+    """This process's environment with the BLAS and numba thread counts set to ``threads``."""
+    env = dict(os.environ)
+    env.update({k: str(threads) for k in THREAD_VARIABLES})
+    package_root = str(Path(xpdl.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def start_workers(out: Path, spec: str, name: str, count: int, seeds: list[int]) -> list[subprocess.Popen]:
+    """Start ``count`` worker processes, cores / count BLAS threads each; their output goes to ``DIR/logs/``."""
+    threads = max(1, (os.cpu_count() or 1) // count)
+    env = worker_environment(threads)
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for k in range(count):
+        cmd = [sys.executable, "-m", "xpdl", "tune", "--worker", "--storage", spec, "--study", name,
+               "--out", str(out.resolve()), "--worker-seed", str(seeds[k])]
+        with open(logs / f"worker-{k}.log", "ab") as log:
+            procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                          env=env))
+    return procs
+
+
+def stop_workers(procs: list[subprocess.Popen], seconds: float = STOP_SECONDS) -> None:
+    """Send SIGINT to every worker, wait up to ``seconds`` for them to finish their runs, then kill the rest."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + seconds
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def drive(out: Path, spec: str, name: str, workers: int | None, quiet: bool, joined: bool = False) -> int:
+    """Run the workers on the study until its budget is used up; print progress; write summary and plot.
+
+    Returns:
+        0, 1 if a worker failed, 130 after Ctrl-C (saying how to resume).
+    """
+    from xpdl import tune_report as tr
+    from xpdl import tune_study as ts
+
+    study = open_study(spec, name)
+    config = ts.study_config(study)
+    trials = study.get_trials(deepcopy=False)
+    left = config["trials"] - len(ts.counted(trials)) + sum(t.state.name == "WAITING" for t in trials)
+    count = min(os.cpu_count() or 1, max(left, 1)) if workers is None else min(workers, max(left, 0))
+    seen = {t.number for t in trials if t.state in ts.FINISHED}
+    done = sum(t.state in ts.FINISHED for t in ts.counted(trials))
+    if not quiet:
+        print(f"study {name} in {_safe_url(spec)}: {done} of {config['trials']} trials done; {count} workers "
+              f"x {max(1, (os.cpu_count() or 1) // max(count, 1))} BLAS threads; trial runs in {out / 'trials'}")
+    base = secrets.randbelow(2**30) if joined else config["seed"] * 1_000_003 + len(trials) * 101
+    procs = start_workers(out, spec, name, count, [(base + k) % 2**31 for k in range(count)]) if count else []
+    interrupted = False
+    old_term = _sigterm_as_interrupt()
+    try:
+        while True:
+            running = any(p.poll() is None for p in procs)
+            seen |= _print_new(study, seen, quiet)
+            if not running:
+                break
+            time.sleep(0.3)
+    except KeyboardInterrupt:
+        interrupted = True
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print(f"\ninterrupted: stopping {len(procs)} workers", file=sys.stderr)
+        stop_workers(procs)
+        signal.signal(signal.SIGINT, old)
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+    ours = {ts.worker_name(p.pid) for p in procs}
+    ts.recover(study, "its worker process died", lambda t: t.user_attrs.get("worker") in ours)
+    _print_new(study, seen, quiet)
+    finished = ts.visible(study.get_trials(deepcopy=False))
+    tr.write_summary(out, finished)
+    tr.plot_study(finished, parse_space(config["search"], config["fixed"]), out / tr.PLOT_FILE)
+    print(tr.best_table(finished))
+    print(f"summary in {out / tr.SUMMARY_FILE}, plot in {out / tr.PLOT_FILE}")
+    if count == 0 and not quiet:
+        print(f"no workers started; work on the study with: xpdl tune --resume {out}, or from other machines: "
+              f"xpdl tune --join {_safe_url(spec)} --study {name}")
+    failed = [(k, p) for k, p in enumerate(procs) if p.returncode not in (0, 130)]
+    for k, proc in failed:
+        print(f"worker {k} (pid {proc.pid}) exited with code {proc.returncode}; see {out / 'logs'}/worker-{k}.log",
+              file=sys.stderr)
+    if interrupted or failed:
+        print(f"continue with: xpdl tune --resume {out}", file=sys.stderr)
+    return 130 if interrupted else 1 if failed else 0
+
+
+def _sigterm_as_interrupt() -> Any:
+    """Treat SIGTERM like Ctrl-C while workers run (so they are stopped too); returns the old handler."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        return None
+
+
+def _print_new(study: Any, seen: set[int], quiet: bool) -> set[int]:
+    from xpdl import tune_report as tr
+    from xpdl import tune_study as ts
+
+    new = [t for t in ts.visible(study.get_trials(deepcopy=False, states=ts.FINISHED)) if t.number not in seen]
+    for trial in sorted(new, key=lambda t: t.datetime_complete or t.datetime_start):
+        if not quiet:
+            print(tr.progress_line(trial), flush=True)
+    return {t.number for t in new}
+
+
+# ---------------------------------------------------------------- Python
+def tune(space: Iterable[str] | Mapping[str, Any], trials: int = DEFAULT_TRIALS, workers: int | None = None,
+         storage: str | None = None, *, study: str | None = None, out: str | os.PathLike[str] | None = None,
+         sampler: str = "tpe", pruner: str = "median", seed: int = 0, quiet: bool = True, **fixed: Any) -> Any:
+    """Run a new study, as ``xpdl tune`` does, and return it (an ``optuna.Study``).
+
+    Args:
+        space: ``{"lr": "1e-4..1e-2:log", "hidden_dims": ["256,256", "512"]}`` or
+            ``["lr=1e-4..1e-2:log", ...]``: the ``--search`` specs.
+        trials, workers, storage, study, out, sampler, pruner, seed, quiet: as the
+            options of ``xpdl tune`` (``workers=None``: the cores, at most ``trials``).
+        **fixed: ``xpdl train`` options fixed for every trial, e.g. ``epochs=10``,
+            ``hidden_dims=[64]``, ``batchnorm=False``, ``backend="numpy"``.
+
+    Raises:
+        ImportError: Optuna is not installed.
+        TuneError, SearchSpaceError: a bad setting (the message names it).
+        RuntimeError: a worker process failed (its log is named).
+    """
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise ImportError(INSTALL_HINT) from None
+    folder, spec, name = new_study(space, fixed_options(fixed), trials=trials, storage=storage, study=study,
+                                   out=out, sampler=sampler, pruner=pruner, seed=seed)
+    code = drive(folder, spec, name, workers, quiet)
+    if code == 130:
+        raise KeyboardInterrupt
+    if code != 0:
+        raise RuntimeError(f"xpdl tune: a worker failed; see {folder / 'logs'}; continue with "
+                           f"xpdl tune --resume {folder}")
+    return open_study(spec, name)

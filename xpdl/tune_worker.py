@@ -1,0 +1,117 @@
+"""One ``xpdl tune`` worker process: asks the study for trials and runs each as an ``xpdl train`` run.
+
+Started by :mod:`xpdl.tune` as ``python -m xpdl tune --worker ...`` with its BLAS
+thread counts already in its environment. Each trial writes a normal run folder
+``OUT/trials/trial-NNNN`` (``xpdl evaluate`` works on it), trains with seed
+``seed + trial number``, and reports the validation accuracy after every epoch,
+so the pruner can stop it (the run folder is still finished). Its value is the
+run's best validation accuracy. The worker stops when the study's budget is used
+up; after Ctrl-C (SIGINT) it fails and re-queues its running trial and exits 130.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from xpdl import tune_study as ts
+from xpdl.tune_space import SearchParam, option_argv, options_argv, parse_space, train_actions
+
+TRIALS_DIR = "trials"
+
+
+class TrainFailed(Exception):
+    """The trial's ``xpdl train`` run ended with an error (exit code 1 or 2)."""
+
+
+class Surplus(Exception):
+    """The trial was created after the budget was used up (another worker got there first)."""
+
+
+def trial_folder(out: Path, number: int) -> Path:
+    """The run folder of trial ``number`` under the tune folder ``out``."""
+    return out / TRIALS_DIR / f"trial-{number:04d}"
+
+
+def _stop_on_first_sigint(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal and the parent may both send one
+    raise KeyboardInterrupt
+
+
+class Objective:
+    """``objective(trial)``: one ``xpdl train`` run with the trial's parameters; returns its best val accuracy."""
+
+    def __init__(self, study: optuna.Study, out: Path, config: dict[str, Any]) -> None:
+        self.study, self.out, self.config = study, out, config
+        self.space: list[SearchParam] = parse_space(config["search"], config["fixed"])
+        self.fixed_argv = options_argv(config["fixed"])
+        self.actions = train_actions()
+        self.current: optuna.Trial | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        from xpdl.cli import train_main
+
+        self.current = trial
+        if ts.is_surplus(self.study, trial.number):
+            trial.set_user_attr("surplus", True)
+            raise Surplus(f"trial {trial.number}: the budget of {self.config['trials']} trials is used up")
+        params = {p.name: p.suggest(trial) for p in self.space}
+        folder = trial_folder(self.out, trial.number)
+        trial.set_user_attr("worker", ts.worker_name())
+        trial.set_user_attr("run", str(folder.relative_to(self.out)))
+        argv = [*self.fixed_argv, *(a for name, v in params.items() for a in option_argv(name, v, self.actions)),
+                "--seed", str(self.config["seed"] + trial.number), "--out", str(folder), "--quiet"]
+        print(f"trial {trial.number}: xpdl train {' '.join(argv)}", flush=True)
+        code = train_main(argv, epoch_callback=lambda trainer: self.report(trial, trainer))
+        sys.stdout.flush()
+        if code == 0:
+            return float(json.loads((folder / "history.json").read_text())["best_val_acc"])
+        if code == 130:
+            raise KeyboardInterrupt
+        reason = "training diverged" if code == 1 else f"xpdl train exited with code {code}"
+        trial.set_user_attr("error", f"{reason} (see the worker log)")
+        raise TrainFailed(reason)
+
+    @staticmethod
+    def report(trial: optuna.Trial, trainer: Any) -> None:
+        """After an epoch: report its validation accuracy; raise TrialPruned if the pruner says so."""
+        trial.report(float(trainer.val_acc_history[-1]), int(trainer.epoch))
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"epoch {trainer.epoch}: val acc {trainer.val_acc_history[-1]:.4f}")
+
+
+def _preload() -> None:
+    """Import what every trial needs once, so trial seconds measure training, not imports."""
+    import matplotlib.figure  # noqa: F401  (curves.png)
+    import sklearn.datasets  # noqa: F401  (the embedded digits)
+
+    import xpdl.cli  # noqa: F401
+
+
+def run_worker(storage_spec: str, study_name: str, out: str | Path, sampler_seed: int) -> int:
+    """Work on the study until its budget is used up. Returns 0, or 130 after Ctrl-C."""
+    signal.signal(signal.SIGINT, _stop_on_first_sigint)
+    storage = ts.open_storage(storage_spec)
+    config = ts.study_config(ts.load_study(storage, study_name))
+    study = ts.load_study(storage, study_name, ts.make_sampler(config["sampler"], sampler_seed),
+                          ts.make_pruner(config["pruner"]))
+    objective = Objective(study, Path(out), config)
+    _preload()
+    try:
+        while ts.has_work(study):
+            study.optimize(objective, n_trials=1, catch=(Surplus, TrainFailed))
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if objective.current is not None:
+            frozen = study._storage.get_trial(objective.current._trial_id)
+            interrupted = frozen.state == TrialState.FAIL and not {"error", "surplus"} & set(frozen.user_attrs)
+            if frozen.state == TrialState.RUNNING or interrupted:
+                ts.fail_and_requeue(study, frozen, "interrupted")
+        return 130
+    return 0
