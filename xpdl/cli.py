@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from xpdl import distributed
 from xpdl.backend import Backend, BackendUnavailable, available_backends, describe_paths, get_backend
 from xpdl.checkpoint import CheckpointError, build_model, load_checkpoint, remove_stale_temporaries, restore_trainer
 from xpdl.datasets import DATASETS, DatasetError, apply_preprocessing, load_dataset, load_raw
@@ -53,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "dtype": "float32",
     "seed": 0,
     "checkpoint_every": None,
+    "local_batchnorm": False,
 }
 
 #: Settings ``--resume`` may change; the others define the run and stay as saved.
@@ -191,6 +193,10 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     run.add_argument("--checkpoint-every", type=positive_int, metavar="N",
                      help="save checkpoint.npz every N iterations (default: at every epoch end)")
     run.add_argument("--quiet", action="store_true", help="print only the final summary line")
+    run.add_argument("--nproc", type=positive_int, metavar="N",
+                     help="train data-parallel on N ranks on this machine (starts mpiexec; needs xpdl[mpi])")
+    arch.add_argument("--local-batchnorm", action="store_true", default=None,
+                      help="with several ranks, batch norm with each rank's own statistics (default: the batch's)")
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
@@ -240,7 +246,8 @@ def trainer_options(settings: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments of :class:`Trainer` for a run's settings."""
     return {"update_rule": settings["update_rule"], "updater_config": {"learning_rate": settings["lr"]},
             "lr_decay": settings["lr_decay"], "batch_size": settings["batch_size"],
-            "num_epochs": settings["epochs"], "seed": settings["seed"], "verbose": False}
+            "num_epochs": settings["epochs"], "seed": settings["seed"], "verbose": False,
+            "comm": distributed.init(), "local_batchnorm": bool(settings["local_batchnorm"])}
 
 
 def open_backend(name: str) -> Backend:
@@ -319,9 +326,9 @@ class Session:
 def start_session(args: argparse.Namespace) -> Session:
     """Set up a new run from the options."""
     settings = new_settings(args)
-    backend = open_backend(settings["backend"])
+    backend = open_backend(distributed.rank_backend_name(settings["backend"], distributed.init()))
     data = load_data(settings)
-    folder = new_run_folder(args.out)
+    folder = distributed.on_root(distributed.init(), lambda: new_run_folder(args.out))
     net = FullyConnectedNet(input_dim=int(data["X_train"].shape[1]), hidden_dims=settings["hidden_dims"],
                             num_classes=int(data["num_classes"]), dropout=settings["dropout"],
                             use_batchnorm=settings["batchnorm"], reg=settings["reg"],
@@ -338,7 +345,7 @@ def resume_session(args: argparse.Namespace) -> Session:
     if ckpt["kind"] != "training":
         raise UsageError(f"--resume {args.resume}: {ckpt_path} is a model file, not a training checkpoint")
     settings = resumed_settings(ckpt["settings"], args)
-    backend = open_backend(settings["backend"])
+    backend = open_backend(distributed.rank_backend_name(settings["backend"], distributed.init()))
     data = load_data(settings)
     saved_mean = ckpt["preprocessing"].get("mean_image")
     if saved_mean is not None and not np.array_equal(saved_mean, data["mean_image"]):
@@ -350,7 +357,7 @@ def resume_session(args: argparse.Namespace) -> Session:
     if trainer.t > trainer.num_iterations:
         raise UsageError(f"--epochs {settings['epochs']}: the run has done {done:.4g} epochs already; "
                          "expected a total of at least that many")
-    remove_stale_temporaries(folder)
+    distributed.on_root(distributed.init(), lambda: remove_stale_temporaries(folder))
     return _session(folder, settings, data, backend, trainer, resumed=True)
 
 
@@ -358,12 +365,19 @@ def _session(folder: Path, settings: dict[str, Any], data: dict[str, Any], backe
              resumed: bool) -> Session:
     meta = {"settings": settings, "preprocessing": preprocessing_meta(data)}
     recorder = RunRecorder(folder, meta, backend.describe(), checkpoint_every=settings["checkpoint_every"])
+    if distributed.init().rank != 0:  # rank 0 writes the run folder
+        recorder.save = recorder.save_best = recorder.finish = lambda trainer: None
     return Session(folder, settings, data, backend, trainer, recorder, resumed)
 
 
 # ---------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
     """``xpdl train``: train (or resume) a run and print a summary."""
+    if args.nproc is not None:
+        from xpdl import launch
+
+        return launch.run(args.nproc, args.argv[args.argv.index("train") + 1:])
+    distributed.init(quiet_others=True)
     session = resume_session(args) if args.resume else start_session(args)
     trainer = session.trainer
     if session.resumed and trainer.t >= trainer.num_iterations:
@@ -584,6 +598,7 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info}
 def main(argv: list[str] | None = None) -> int:
     """Run the tool with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return COMMANDS[args.command](args)
     except (UsageError, DatasetError, CheckpointError) as exc:
