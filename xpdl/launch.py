@@ -37,7 +37,8 @@ def find_mpiexec() -> str:
         return str(beside)
     found = shutil.which("mpiexec") or shutil.which("mpirun")
     if found is None:
-        raise LaunchError(f"--nproc: no mpiexec beside {sys.executable} or on PATH; install one with {MPI_INSTALL_HINT}")
+        raise LaunchError(f"--nproc: no mpiexec beside {sys.executable} or on PATH; "
+                          f"install one with {MPI_INSTALL_HINT}")
     return found
 
 
