@@ -12,6 +12,7 @@ import pytest
 from helpers import assert_close, host
 
 import xpdl
+import xpdl.distributed
 from xpdl import updater
 from xpdl.backend import get_backend, probe_cupy
 
@@ -152,3 +153,41 @@ def test_cupy_training_matches_numpy_training(normalization):
         assert float(gpu.step(X[rows], y[rows])) == pytest.approx(float(cpu.step(X[rows], y[rows])), rel=1e-12)
     for k, v in cpu.model.state_arrays().items():
         np.testing.assert_allclose(host(gpu.model.state_arrays()[k]), host(v), rtol=1e-11, atol=1e-12)
+
+
+class OneOfTwoRanks(xpdl.distributed.Communicator):
+    """Claims two ranks but sums over this one only: synchronized batch norm must then equal the plain one."""
+
+    def __init__(self):
+        super().__init__()
+        self.size = 2
+        self.calls = 0
+
+    def allreduce(self, arr):
+        self.calls += 1
+        return arr
+
+
+@pytest.mark.parametrize("namespace", ["numpy", "array_api_strict"])
+@pytest.mark.parametrize("dropout", [0, 0.6])
+def test_synchronized_batchnorm_path_equals_the_fused_kernels(namespace, dropout):
+    """The split kernels (statistics pass, allreduce, normalize pass; two backward passes) against the fused ones."""
+    X, y = data()
+    results = []
+    for comm in (None, OneOfTwoRanks()):
+        net = xpdl.FullyConnectedNet(input_dim=9, hidden_dims=[13, 11], num_classes=4, dropout=dropout,
+                                     use_batchnorm=True, weight_scale=0.3, seed=7, dtype="float64",
+                                     backend=namespace)
+        for bn in net.bn_params:
+            bn["comm"] = comm
+        loss, grads = net.loss(X, y)
+        results.append((float(loss), {k: host(v).copy() for k, v in grads.items()},
+                        {k: host(v).copy() for k, v in net.state_arrays().items()}))
+        if comm is not None:
+            assert comm.calls == 2 * 3  # per hidden layer: two sums forward, one backward
+    (loss_a, grads_a, state_a), (loss_b, grads_b, state_b) = results
+    assert loss_b == pytest.approx(loss_a, rel=1e-13)
+    for k in grads_a:
+        np.testing.assert_allclose(grads_b[k], grads_a[k], rtol=1e-12, atol=1e-13, err_msg=k)
+    for k in state_a:
+        np.testing.assert_allclose(state_b[k], state_a[k], rtol=1e-12, atol=1e-13, err_msg=k)

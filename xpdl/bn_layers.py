@@ -8,6 +8,14 @@
           ``running = momentum * running + (1 - momentum) * batch_stat``.
     running_mean, running_var: (D,) arrays; start at zeros of x's dtype and device.
 
+    comm: optional :class:`xpdl.distributed.Communicator`. With more than one rank the
+          batch is split across ranks and the statistics are those of the whole batch:
+          column sums (and the row count) and then the sums of squared deviations are
+          summed over the ranks, and the backward pass sums ``sum(dout)`` and
+          ``sum(dout * xhat)`` over the ranks too (synchronized batch norm). The
+          returned ``dgamma``, ``dbeta`` are then this rank's shares (the data-parallel
+          gradient sum adds them up).
+
 The variance is the biased batch variance (divide by N), as in cs231n.
 
 Layer normalization (Ba, Kiros & Hinton, 2016) normalizes each sample over its
@@ -46,17 +54,26 @@ def batchnorm_forward(x: Any, gamma: Any, beta: Any, bn_param: dict) -> tuple[An
         running_var = xp.zeros(d, dtype=x.dtype, device=device(x))
     namespace(x=x, running_mean=running_mean, running_var=running_var)
 
+    comm = _synced(bn_param)
     if mode == "train":
-        mu = xp.mean(x, axis=0)
-        xmu = x - mu
-        var = xp.mean(xmu * xmu, axis=0)
+        if comm is None:
+            count = n
+            mu = xp.mean(x, axis=0)
+            xmu = x - mu
+            var = xp.mean(xmu * xmu, axis=0)
+        else:
+            sums = comm.allreduce(xp.concat([xp.sum(x, axis=0), xp.full((1,), n, dtype=x.dtype, device=device(x))]))
+            count = sums[d]
+            mu = sums[:d] / count
+            xmu = x - mu
+            var = comm.allreduce(xp.sum(xmu * xmu, axis=0)) / count
         inv_std = 1.0 / xp.sqrt(var + eps)
         xhat = xmu * inv_std
         out = gamma * xhat + beta
         running_mean = momentum * running_mean + (1.0 - momentum) * mu
         running_var = momentum * running_var + (1.0 - momentum) * var
         cache = {"mode": "train", "xhat": xhat, "xmu": xmu, "var": var, "inv_std": inv_std,
-                 "gamma": gamma, "eps": eps}
+                 "gamma": gamma, "eps": eps, "comm": comm, "count": count}
     else:
         xhat = (x - running_mean) / xp.sqrt(running_var + eps)
         out = gamma * xhat + beta
@@ -64,6 +81,12 @@ def batchnorm_forward(x: Any, gamma: Any, beta: Any, bn_param: dict) -> tuple[An
     bn_param["running_mean"] = running_mean
     bn_param["running_var"] = running_var
     return out, cache
+
+
+def _synced(bn_param: dict) -> Any:
+    """The communicator batch statistics are summed over, or None (one process, or a single rank)."""
+    comm = bn_param.get("comm")
+    return comm if comm is not None and comm.size > 1 else None
 
 
 def _train_cache(cache: Any) -> dict:
@@ -80,6 +103,9 @@ def batchnorm_backward(dout: Any, cache: dict) -> tuple[Any, Any, Any]:
     Inputs: dout (N, D). Returns: dx (N, D), dgamma (D,), dbeta (D,).
     """
     c = _train_cache(cache)
+    if c.get("comm") is not None:
+        raise ValueError("cache: a forward with batch statistics synchronized across ranks (bn_param['comm']) "
+                         "is differentiated by batchnorm_backward_alt, not batchnorm_backward")
     xp = namespace(dout=dout, xhat=c["xhat"])
     n = dout.shape[0]
     xmu, inv_std, var, eps = c["xmu"], c["inv_std"], c["var"], c["eps"]
@@ -100,16 +126,24 @@ def batchnorm_backward_alt(dout: Any, cache: dict) -> tuple[Any, Any, Any]:
     """Backward pass of :func:`batchnorm_forward` in closed form (fewer passes over memory).
 
     ``dx = inv_std / N * (N * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat))``,
-    ``dxhat = gamma * dout``. Shapes as :func:`batchnorm_backward`.
+    ``dxhat = gamma * dout``. Shapes as :func:`batchnorm_backward`. After a synchronized
+    forward, N and both sums are those of the whole batch over all ranks, and
+    ``dgamma``, ``dbeta`` this rank's shares.
     """
     c = _train_cache(cache)
     xp = namespace(dout=dout, xhat=c["xhat"])
-    n = dout.shape[0]
     xhat = c["xhat"]
     dbeta = xp.sum(dout, axis=0)
     dgamma = xp.sum(xhat * dout, axis=0)
+    comm = c.get("comm")
+    if comm is None:
+        n, sum_d, sum_dx = dout.shape[0], dbeta, dgamma
+    else:
+        d = dout.shape[1]
+        sums = comm.allreduce(xp.concat([dbeta, dgamma]))
+        n, sum_d, sum_dx = c["count"], sums[:d], sums[d:]
     scale = c["gamma"] * c["inv_std"] / n
-    dx = scale * (n * dout - dbeta - xhat * dgamma)
+    dx = scale * (n * dout - sum_d - xhat * sum_dx)
     return dx, dgamma, dbeta
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from xpdl import schema, tune
+from xpdl import distributed, schema, tune
 from xpdl.backend import (
     ENV_VARIABLE,
     Backend,
@@ -74,6 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "checkpoint_every": None,
     "num_val": None,
+    "local_batchnorm": False,
 }
 
 #: Values of --normalization (``none``: no normalization layer).
@@ -95,6 +96,7 @@ SETTINGS_SCHEMA = schema.Obj({
     "backend": schema.Check(schema.Str(max_len=40), lambda name: _backend_problem(name)),
     "dtype": schema.Str(choices=("float32", "float64")), "seed": schema.Int(min=0, max=SEED_LIMIT - 1),
     "checkpoint_every": schema.Nullable(schema.Int(min=1)), "num_val": schema.Nullable(schema.Int(min=1)),
+    "local_batchnorm": schema.Bool(),
 })
 
 #: Settings ``--resume`` may change; the others define the run and stay as saved.
@@ -277,6 +279,10 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     run.add_argument("--checkpoint-every", type=positive_int, metavar="N",
                      help="save checkpoint.npz every N iterations (default: at every epoch end)")
     run.add_argument("--quiet", action="store_true", help="print only the final summary line")
+    run.add_argument("--nproc", type=positive_int, metavar="N",
+                     help="train data-parallel on N ranks on this machine (starts mpiexec; needs xpdl[mpi])")
+    arch.add_argument("--local-batchnorm", action="store_true", default=None,
+                      help="with several ranks, batch norm with each rank's own statistics (default: the batch's)")
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
@@ -373,7 +379,8 @@ def trainer_options(settings: dict[str, Any]) -> dict[str, Any]:
         config["weight_decay"] = settings["weight_decay"]
     return {"update_rule": settings["update_rule"], "updater_config": config,
             "lr_decay": settings["lr_decay"], "batch_size": settings["batch_size"],
-            "num_epochs": settings["epochs"], "seed": settings["seed"], "verbose": False}
+            "num_epochs": settings["epochs"], "seed": settings["seed"], "verbose": False,
+            "comm": distributed.init(), "local_batchnorm": bool(settings["local_batchnorm"])}
 
 
 def open_backend(name: str | None, option: str = "--backend") -> Backend:
@@ -468,20 +475,33 @@ class Session:
 def start_session(args: argparse.Namespace) -> Session:
     """Set up a new run from the options; the run folder is taken last, once everything else worked."""
     settings = new_settings(args)
-    backend = open_backend(args.backend)
+    comm = distributed.init()
+    name = distributed.rank_backend_name(settings["backend"], comm) if comm.size > 1 else args.backend
+    backend = open_backend(name)
     data = load_data(settings)
     trainer = build_trainer(settings, data, backend)
     try:
-        run = RunFolder.create(args.out)
+        run = _on_root_folder(comm, lambda: RunFolder.create(args.out))
     except RunFolderError as exc:
         raise UsageError(str(exc)) from None
     return _session(run, settings, data, backend, trainer, resumed=False)
 
 
+def _on_root_folder(comm: distributed.Communicator, take: Callable[[], RunFolder]) -> RunFolder:
+    """Rank 0 takes (and locks) the run folder; the other ranks get a view of it that writes nothing."""
+    if comm.size == 1:
+        return take()
+    holder: list[RunFolder] = []
+    path = distributed.on_root(comm, lambda: str(holder.append(take()) or holder[0].path))
+    return holder[0] if holder else RunFolder.view(Path(path))
+
+
 def resume_session(args: argparse.Namespace) -> Session:
     """Set up a run continued from its ``checkpoint.npz`` (the folder is locked first)."""
+    comm = distributed.init()
     try:
-        run, ckpt_path = RunFolder.resume(args.resume)
+        run = _on_root_folder(comm, lambda: RunFolder.resume(args.resume)[0])
+        ckpt_path = RunFolder.checkpoint_of(args.resume)
     except RunFolderError as exc:
         raise UsageError(str(exc)) from None
     try:
@@ -496,7 +516,8 @@ def _resume(run: RunFolder, ckpt_path: Path, args: argparse.Namespace) -> Sessio
     if ckpt["kind"] != "training":
         raise UsageError(f"--resume {args.resume}: {ckpt_path} is a model file, not a training checkpoint")
     settings = resumed_settings(ckpt["settings"], args)
-    backend = open_backend(settings["backend"], option="--backend" if args.backend else "saved backend")
+    backend = open_backend(distributed.rank_backend_name(settings["backend"], distributed.init()),
+                           option="--backend" if args.backend else "saved backend")
     data = load_data(settings)
     saved_mean = ckpt["preprocessing"].get("mean_image")
     if saved_mean is not None and not np.array_equal(saved_mean, data["mean_image"]):
@@ -518,6 +539,8 @@ def _session(run: RunFolder, settings: dict[str, Any], data: dict[str, Any], bac
              resumed: bool) -> Session:
     meta = {"settings": settings, "preprocessing": preprocessing_meta(data)}
     recorder = RunRecorder(run.path, meta, backend.describe(), checkpoint_every=settings["checkpoint_every"])
+    if distributed.init().rank != 0:  # rank 0 writes the run folder
+        recorder.save = recorder.save_best = recorder.finish = lambda trainer: None
     return Session(run, settings, data, backend, trainer, recorder, resumed)
 
 
@@ -531,7 +554,15 @@ class CallbackFailed(Exception):
 
 
 def cmd_train(args: argparse.Namespace, epoch_callback: Callable[[Trainer], None] | None = None) -> int:
-    """``xpdl train``: train (or resume) a run and print a summary; the run folder is locked meanwhile."""
+    """``xpdl train``: train (or resume) a run and print a summary; the run folder is locked meanwhile.
+
+    ``--nproc N`` starts N ranks of this command under ``mpiexec`` (:mod:`xpdl.launch`) instead.
+    """
+    if args.nproc is not None:
+        from xpdl import launch
+
+        return launch.run(args.nproc, args.argv)
+    comm = distributed.init(quiet_others=True)
     session = resume_session(args) if args.resume else start_session(args)
     with session.run:
         trainer = session.trainer
@@ -547,9 +578,10 @@ def cmd_train(args: argparse.Namespace, epoch_callback: Callable[[Trainer], None
         if seconds is None:
             return 130
         session.recorder.finish(trainer)
-        from xpdl.plots import write_weights  # matplotlib loads only when a run ends
+        if comm.rank == 0:
+            from xpdl.plots import write_weights  # matplotlib loads only when a run ends
 
-        write_weights(session.folder, trainer.model, session.data["image_shape"])
+            write_weights(session.folder, trainer.model, session.data["image_shape"])
         print(summary(session, trainer.t - t0, seconds))
         return 0
 
@@ -844,7 +876,10 @@ def main(argv: list[str] | None = None) -> int:
 
     A bad option exits through argparse (SystemExit 2, one line on stderr).
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.command == "train":
+        args.argv = argv[argv.index("train") + 1:]  # the options a launcher passes on to its ranks
     return run_command(args.command, lambda: COMMANDS[args.command](args), quiet=getattr(args, "quiet", False))
 
 
@@ -861,6 +896,7 @@ def train_main(argv: list[str], epoch_callback: Callable[[Trainer], None] | None
         args = build_train_parser().parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
+    args.argv = list(argv)
     try:
         return run_command("train", lambda: cmd_train(args, epoch_callback), quiet=args.quiet)
     except CallbackFailed as exc:

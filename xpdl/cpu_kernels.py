@@ -56,25 +56,57 @@ def bn_relu_dropout_forward(a, b, gamma, beta, running_mean, running_var, moment
     place with the batch mean and biased variance. Dropout keeps an element when
     its uint32 word is below ``threshold`` and scales it by ``scale = 1/p``.
     Column statistics are accumulated in float64, in two passes (mean, then the
-    squared deviations).
+    squared deviations). The three stages are the kernels below, which a rank of
+    a data-parallel job runs one by one, summing the statistics over the ranks in between.
     """
     n, d = a.shape
     mean = np.zeros(d, np.float64)
-    for i in range(n):
-        for j in range(d):
-            mean[j] += a[i, j]
+    column_sums(a, mean)
     for j in range(d):
         mean[j] /= n
     var = np.zeros(d, np.float64)
+    column_squared_deviations(a, mean, var)
+    bn_statistics(mean, var, n, b, running_mean, running_var, momentum, eps, inv_std)
+    bn_normalize_relu_dropout(a, mean, inv_std, gamma, beta, words, threshold, scale, xhat, h, keep)
+
+
+@njit(**_JIT)
+def column_sums(a, out):
+    """``out[j] += sum_i a[i, j]`` for ``a`` (N, H); ``out`` (>= H,) float64 (a zeroed buffer gives the sums)."""
+    n, d = a.shape
+    for i in range(n):
+        for j in range(d):
+            out[j] += a[i, j]
+
+
+@njit(**_JIT)
+def column_squared_deviations(a, mean, out):
+    """``out[j] += sum_i (a[i, j] - mean[j])**2`` for ``a`` (N, H); ``mean``, ``out`` (H,) float64."""
+    n, d = a.shape
     for i in range(n):
         for j in range(d):
             t = a[i, j] - mean[j]
-            var[j] += t * t
-    for j in range(d):
-        var[j] /= n
-        inv_std[j] = 1.0 / math.sqrt(var[j] + eps)
+            out[j] += t * t
+
+
+@njit(**_JIT)
+def bn_statistics(mean, sq_dev, count, b, running_mean, running_var, momentum, eps, inv_std):
+    """From the batch ``mean`` (H,) and summed squared deviations ``sq_dev`` (H,) of ``count`` rows:
+
+    ``inv_std = 1 / sqrt(sq_dev / count + eps)`` (H,) float64, and the running averages (H,)
+    updated in place (the mean of ``a + b``: the affine output before its bias is added).
+    """
+    for j in range(mean.shape[0]):
+        var = sq_dev[j] / count
+        inv_std[j] = 1.0 / math.sqrt(var + eps)
         running_mean[j] = momentum * running_mean[j] + (1.0 - momentum) * (mean[j] + b[j])
-        running_var[j] = momentum * running_var[j] + (1.0 - momentum) * var[j]
+        running_var[j] = momentum * running_var[j] + (1.0 - momentum) * var
+
+
+@njit(**_JIT)
+def bn_normalize_relu_dropout(a, mean, inv_std, gamma, beta, words, threshold, scale, xhat, h, keep):
+    """``xhat = (a - mean) * inv_std`` and ``h = dropout(relu(gamma * xhat + beta))``, both (N, H)."""
+    n, d = a.shape
     dropout = words.shape[0] > 0
     for i in range(n):
         for j in range(d):
@@ -92,27 +124,51 @@ def bn_relu_dropout_backward(dh, h, xhat, gamma, inv_std, keep, scale, da, dgamm
     ``db`` (H,), which is exactly 0: batch norm cancels the bias before it. Uses
     ``dx = gamma * inv_std / N * (N * d - sum(d) - xhat * sum(d * xhat))`` with ``d``
     the gradient at the batch-norm output. A unit passes gradient when
-    ``h > 0``, which is exactly when ReLU was active and dropout kept it.
+    ``h > 0``, which is exactly when ReLU was active and dropout kept it. The two
+    passes are the kernels below (a data-parallel rank sums the column sums over the
+    ranks between them).
+    """
+    n, m = dh.shape
+    sums = np.zeros(2 * m, np.float64)
+    relu_dropout_bn_sums(dh, h, xhat, keep, scale, da, sums)
+    for j in range(m):
+        dbeta[j] = sums[j]
+        dgamma[j] = sums[m + j]
+        db[j] = 0.0  # batch norm cancels the bias: its gradient is exactly zero
+    bn_input_grad(da, xhat, gamma, inv_std, n, sums)
+
+
+@njit(**_JIT)
+def relu_dropout_bn_sums(dh, h, xhat, keep, scale, d, sums):
+    """First backward pass: ``d`` (N, H), the gradient at the batch-norm output, and its column sums.
+
+    Adds ``sum_i d[i, j]`` into ``sums[j]`` and ``sum_i d[i, j] * xhat[i, j]`` into
+    ``sums[H + j]`` (``sums`` (>= 2H,) float64, zeroed by the caller).
     """
     n, m = dh.shape
     dropout = keep.shape[0] > 0
-    sum_d = np.zeros(m, np.float64)
-    sum_dx = np.zeros(m, np.float64)
     for i in range(n):
         for j in range(m):
             g = _relu_dropout_grad(dh[i, j], h[i, j], dropout, scale)
-            da[i, j] = g
-            sum_d[j] += g
-            sum_dx[j] += g * xhat[i, j]
+            d[i, j] = g
+            sums[j] += g
+            sums[m + j] += g * xhat[i, j]
+
+
+@njit(**_JIT)
+def bn_input_grad(d, xhat, gamma, inv_std, count, sums):
+    """Second backward pass, in place: ``d = gamma * inv_std / count * (count * d - sum_d - xhat * sum_dx)``.
+
+    ``count`` rows in the whole batch; ``sums`` (2H,) float64: the column sums of ``d`` and of
+    ``d * xhat`` over the whole batch (:func:`relu_dropout_bn_sums`, summed over ranks).
+    """
+    n, m = d.shape
     coef = np.empty(m, np.float64)
     for j in range(m):
-        dbeta[j] = sum_d[j]
-        dgamma[j] = sum_dx[j]
-        coef[j] = gamma[j] * inv_std[j] / n
-        db[j] = 0.0  # batch norm cancels the bias: its gradient is exactly zero
+        coef[j] = gamma[j] * inv_std[j] / count
     for i in range(n):
         for j in range(m):
-            da[i, j] = coef[j] * (n * da[i, j] - sum_d[j] - xhat[i, j] * sum_dx[j])
+            d[i, j] = coef[j] * (count * d[i, j] - sums[j] - xhat[i, j] * sums[m + j])
 
 
 @njit(**_JIT)

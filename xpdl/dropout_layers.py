@@ -8,6 +8,9 @@
        generator with this seed; no global random state is touched.
     rng: optional :class:`xpdl.rng.Generator`; used (and advanced) when no ``seed``
        is given. If neither is present, one is created and stored under ``rng``.
+    rows: optional ``(first, total)``: x holds rows ``first ..`` of a batch of ``total``
+       rows split across data-parallel ranks; the mask is those rows of the mask one
+       process would draw for the whole batch (:meth:`xpdl.rng.Generator.random_uint32`).
 
 The mask of a draw is identical on every backend for the same generator state.
 """
@@ -41,13 +44,21 @@ def dropout_generator(dropout_param: dict) -> Generator:
     return rng
 
 
-def dropout_mask(x: Any, p: float, rng: Generator) -> Any:
-    """Scaled keep mask for ``x``: ``1/p`` where kept, 0 elsewhere; x's shape, dtype and device."""
+def dropout_words(dropout_param: dict, shape: tuple[int, ...], like: Any) -> Any:
+    """The uint32 words deciding a dropout mask of ``shape`` (rows ``dropout_param['rows']`` of a batch, if set)."""
+    return dropout_generator(dropout_param).random_uint32(shape, like=like, rows=dropout_param.get("rows"))
+
+
+def dropout_mask(x: Any, p: float, rng: Generator, rows: tuple[int, int] | None = None) -> Any:
+    """Scaled keep mask for ``x``: ``1/p`` where kept, 0 elsewhere; x's shape, dtype and device.
+
+    ``rows=(first, total)``: the rows of a ``total``-row batch's mask that x holds.
+    """
     xp = namespace(x=x)
     threshold = keep_threshold(p)
     if threshold >= 2**32:
         return xp.ones_like(x) * (1.0 / p)
-    words = rng.random_uint32(tuple(x.shape), like=x)
+    words = rng.random_uint32(tuple(x.shape), like=x, rows=rows)
     keep = words < threshold  # a Python int: no host-to-device copy, which would wait for the GPU
     return xp.astype(keep, x.dtype) * (1.0 / p)
 
@@ -67,7 +78,7 @@ def dropout_forward(x: Any, dropout_param: dict) -> tuple[Any, tuple]:
     namespace(x=x)
     if mode == "test":
         return x, (dropout_param, None)
-    mask = dropout_mask(x, p, dropout_generator(dropout_param))
+    mask = dropout_mask(x, p, dropout_generator(dropout_param), dropout_param.get("rows"))
     return x * mask, (dropout_param, mask)
 
 

@@ -229,7 +229,8 @@ class FullyConnectedNet:
         return Backend.output_forward(self.backend, h, self.params[f"W{L}"], self.params[f"b{L}"])[0]
 
     def loss_and_grads(self, X: Any, y: Any, input_grad: bool = True, on_grads: Any = None,
-                       buffers: dict | None = None) -> tuple[Any, dict]:
+                       buffers: dict | None = None, loss_scale: float = 1.0,
+                       regularize: bool = True) -> tuple[Any, dict]:
         """Train-mode loss and gradients for device arrays X (N, D) and y (N,) int64.
 
         Args:
@@ -241,6 +242,12 @@ class FullyConnectedNet:
             buffers: a dict the backend keeps its workspaces in between calls (the returned
                 gradients then live in it and are overwritten by the next call); None
                 returns fresh arrays.
+            loss_scale: the data loss (the mean over X's rows) and every gradient are multiplied
+                by it. A data-parallel rank holding n of a batch's N rows passes n / N: the
+                gradients are then its shares of the gradient of the whole batch's mean loss,
+                and summing them over the ranks gives that gradient.
+            regularize: False leaves out the L2 term (loss and gradients), which a data-parallel
+                trainer adds once after summing the ranks' shares (:meth:`add_regularization`).
 
         Returns:
             loss, a 0-d array on the device (``0.5 * reg * sum(W**2)`` included), and grads,
@@ -261,23 +268,41 @@ class FullyConnectedNet:
         L = self.num_layers
         scores, out_cache = ops.output_forward(h, self.params[f"W{L}"], self.params[f"b{L}"], ws(L))
         loss, dscores = softmax_loss(scores, y)
+        if loss_scale != 1.0:
+            loss, dscores = loss * loss_scale, dscores * loss_scale
         grads: dict[str, Any] = {}
         dh, dW, db = ops.output_backward(dscores, out_cache, L > 1 or input_grad, ws(L))
-        reg_sum = self._layer_grads_ready(ops, {f"W{L}": dW, f"b{L}": db}, grads, on_grads)
+        reg_sum = self._layer_grads_ready(ops, {f"W{L}": dW, f"b{L}": db}, grads, on_grads, regularize)
         for layer, cache in zip(reversed(self.hidden_layers), reversed(caches)):
             dh, layer_grads = ops.hidden_backward(dh, cache, layer.index > 1 or input_grad, ws(layer.index))
-            reg_sum = reg_sum + self._layer_grads_ready(ops, layer_grads, grads, on_grads)
-        if self.reg:
+            reg_sum = reg_sum + self._layer_grads_ready(ops, layer_grads, grads, on_grads, regularize)
+        if self.reg and regularize:
             loss = loss + 0.5 * self.reg * reg_sum
         return loss, grads
 
-    def _layer_grads_ready(self, ops: Backend, layer_grads: dict, grads: dict, on_grads: Any) -> Any:
+    def add_regularization(self, loss: Any, grads: dict) -> Any:
+        """Add the L2 term to ``loss`` and (in place where the backend can) to every ``W`` gradient in ``grads``.
+
+        For gradients from :meth:`loss_and_grads` with ``regularize=False`` (summed over
+        ranks first); returns the new loss. Without regularization, ``loss`` unchanged.
+        """
+        if not self.reg:
+            return loss
+        ops = self.backend.training_ops()
+        reg_sum: Any = 0.0
+        for name in sorted((k for k in grads if k.startswith("W")), key=lambda k: -int(k[1:])):
+            grads[name], sq = ops.add_l2(grads[name], self.params[name], self.reg)
+            reg_sum = reg_sum + sq
+        return loss + 0.5 * self.reg * reg_sum
+
+    def _layer_grads_ready(self, ops: Backend, layer_grads: dict, grads: dict, on_grads: Any,
+                           regularize: bool = True) -> Any:
         """Add the L2 term to the layer's weight gradient, record the gradients and pass them on.
 
         Returns ``sum(W**2)`` of the layer's weights before any update (0 without regularization).
         """
         sq: Any = 0.0
-        if self.reg:
+        if self.reg and regularize:
             name = next(k for k in layer_grads if k.startswith("W"))
             layer_grads[name], sq = ops.add_l2(layer_grads[name], self.params[name], self.reg)
         grads.update(layer_grads)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from xpdl.backend import Backend, to_numpy
-from xpdl.dropout_layers import check_keep_probability, dropout_generator
+from xpdl.dropout_layers import check_keep_probability, dropout_words
 from xpdl.rng import keep_threshold
 
 _NO_WORDS = np.zeros((0, 0), np.uint32)
@@ -50,7 +50,7 @@ def _buffer(buffers: dict | None, key: str, shape: tuple[int, ...], dtype: Any) 
 class _HiddenCache:
     """What :meth:`NumpyBackend.hidden_backward` needs from the forward pass."""
 
-    __slots__ = ("layer", "x", "W", "gamma", "a", "h", "xhat", "inv_std", "keep", "scale")
+    __slots__ = ("layer", "x", "W", "gamma", "a", "h", "xhat", "inv_std", "keep", "scale", "comm", "count")
 
     def __init__(self, **kw: Any) -> None:
         for k, v in kw.items():
@@ -85,10 +85,11 @@ class NumpyBackend(Backend):
         if dropout_param is not None:
             p = check_keep_probability(dropout_param.get("p"))
             if keep_threshold(p) < 2**32:  # p == 1 keeps everything and draws nothing
-                words = dropout_generator(dropout_param).random_uint32((n, width), like=a)
+                words = dropout_words(dropout_param, (n, width), like=a)
                 keep = _buffer(buffers, "keep", (n, width), np.uint8)
                 threshold, scale = keep_threshold(p), 1.0 / p
         xhat = inv_std = gamma = None
+        count = n
         if layer.normalization is None:
             k.bias_relu_dropout_forward(a, b, words, threshold, scale, h, keep)
         else:
@@ -97,14 +98,19 @@ class NumpyBackend(Backend):
             eps = float(param.get("eps", 1e-5))
             if layer.normalization == "batchnorm":
                 inv_std = _buffer(buffers, "inv_std", (width,), np.float64)
-                k.bn_relu_dropout_forward(a, b, gamma, beta, param["running_mean"], param["running_var"],
-                                          float(param.get("momentum", 0.9)), eps, words, threshold, scale,
-                                          xhat, h, keep, inv_std)
+                comm = _synced(param)
+                if comm is None:
+                    k.bn_relu_dropout_forward(a, b, gamma, beta, param["running_mean"], param["running_var"],
+                                              float(param.get("momentum", 0.9)), eps, words, threshold, scale,
+                                              xhat, h, keep, inv_std)
+                else:
+                    count = _synced_bn_forward(k, comm, a, b, gamma, beta, param, eps, words, threshold, scale,
+                                               xhat, h, keep, inv_std)
             else:
                 inv_std = _buffer(buffers, "inv_std", (n,), np.float64)
                 k.ln_relu_dropout_forward(a, b, gamma, beta, eps, words, threshold, scale, xhat, h, keep, inv_std)
         return h, _HiddenCache(layer=layer, x=x, W=W, gamma=gamma, a=a, h=h, xhat=xhat, inv_std=inv_std, keep=keep,
-                               scale=scale)
+                               scale=scale, comm=_synced(layer.norm_param), count=count)
 
     def hidden_backward(self, dh, cache, input_grad=True, buffers=None):
         if not isinstance(cache, _HiddenCache):
@@ -116,6 +122,10 @@ class NumpyBackend(Backend):
         grads = {f"b{i}": _buffer(buffers, "db", (W.shape[1],), dt)}
         if c.layer.normalization is None:
             k.relu_dropout_backward(dh, c.h, c.keep, c.scale, da, grads[f"b{i}"])
+        elif c.comm is not None:
+            grads[f"gamma{i}"] = _buffer(buffers, "dgamma", (W.shape[1],), dt)
+            grads[f"beta{i}"] = _buffer(buffers, "dbeta", (W.shape[1],), dt)
+            _synced_bn_backward(k, c, dh, da, grads[f"gamma{i}"], grads[f"beta{i}"], grads[f"b{i}"])
         else:
             grads[f"gamma{i}"] = _buffer(buffers, "dgamma", (W.shape[1],), dt)
             grads[f"beta{i}"] = _buffer(buffers, "dbeta", (W.shape[1],), dt)
@@ -157,3 +167,51 @@ class NumpyBackend(Backend):
             kernel(*flat, *scalar_args(s, w.dtype.type))
 
         return run
+
+
+def _synced(norm_param: dict) -> Any:
+    """The communicator a batch norm sums its statistics over (``bn_param['comm']`` with > 1 rank), or None."""
+    comm = norm_param.get("comm")
+    return comm if comm is not None and comm.size > 1 else None
+
+
+def _synced_bn_forward(k: Any, comm: Any, a: np.ndarray, b: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                       param: dict, eps: float, words: np.ndarray, threshold: int, scale: float, xhat: np.ndarray,
+                       h: np.ndarray, keep: np.ndarray, inv_std: np.ndarray) -> float:
+    """:func:`xpdl.cpu_kernels.bn_relu_dropout_forward` with the statistics of the batch over all ranks.
+
+    Two small allreduces: the column sums with the row count ((H + 1,) float64), then the
+    column sums of squared deviations from the global mean ((H,) float64). Returns the
+    global row count.
+    """
+    n, width = a.shape
+    sums = np.zeros(width + 1, np.float64)
+    k.column_sums(a, sums)
+    sums[width] = n
+    comm.allreduce(sums)
+    count = float(sums[width])
+    mean = sums[:width] / count
+    sq_dev = np.zeros(width, np.float64)
+    k.column_squared_deviations(a, mean, sq_dev)
+    comm.allreduce(sq_dev)
+    k.bn_statistics(mean, sq_dev, count, b, param["running_mean"], param["running_var"],
+                    float(param.get("momentum", 0.9)), eps, inv_std)
+    k.bn_normalize_relu_dropout(a, mean, inv_std, gamma, beta, words, threshold, scale, xhat, h, keep)
+    return count
+
+
+def _synced_bn_backward(k: Any, c: _HiddenCache, dh: np.ndarray, da: np.ndarray, dgamma: np.ndarray,
+                        dbeta: np.ndarray, db: np.ndarray) -> None:
+    """:func:`xpdl.cpu_kernels.bn_relu_dropout_backward` with the column sums of the whole batch (one allreduce).
+
+    ``dgamma``, ``dbeta`` get this rank's shares (the data-parallel gradient sum adds them up).
+    """
+    width = da.shape[1]
+    sums = np.zeros(2 * width, np.float64)
+    k.relu_dropout_bn_sums(dh, c.h, c.xhat, c.keep, c.scale, da, sums)
+    dbeta[...] = sums[:width]
+    dgamma[...] = sums[width:]
+    db[...] = 0.0
+    comm = c.comm
+    comm.allreduce(sums)
+    k.bn_input_grad(da, c.xhat, c.gamma, c.inv_std, c.count, sums)

@@ -68,12 +68,30 @@ class Generator:
     def _numpy_bitgen(self) -> np.random.Philox:
         return np.random.Philox(key=self.key, counter=self.counter)
 
-    def random_uint32(self, shape: tuple[int, ...], like: Any) -> Any:
-        """Random uint32 words of ``shape`` on the namespace and device of array ``like``."""
+    def random_uint32(self, shape: tuple[int, ...], like: Any, rows: tuple[int, int] | None = None) -> Any:
+        """Random uint32 words of ``shape`` on the namespace and device of array ``like``.
+
+        ``rows=(first, total)`` draws rows ``first .. first + shape[0] - 1`` of a draw of
+        shape ``(total, *shape[1:])``: the same words that draw puts there, found by
+        skipping ahead in the counter (no other row is made), and the generator advances
+        by the whole draw. Data-parallel ranks draw their rows of one batch's mask this
+        way, so the masks do not depend on the number of ranks.
+        """
         from xpdl.backend import backend_of
 
-        counter = self.advance(math.prod(shape))
-        return backend_of(like).philox_uint32(self.key, counter, tuple(shape))
+        shape = tuple(shape)
+        if rows is None:
+            return backend_of(like).philox_uint32(self.key, self.advance(math.prod(shape)), shape)
+        first, total = (int(r) for r in rows)
+        if not (shape and 0 <= first and first + shape[0] <= total):
+            raise ValueError(f"rows: expected (first, total) with 0 <= first and first + {shape[0] if shape else '?'}"
+                             f" <= total for shape {shape}, got {rows!r}")
+        per_row = math.prod(shape[1:])
+        counter = self.advance(total * per_row)
+        skip, offset = divmod(first * per_row, WORDS32_PER_BLOCK)
+        backend = backend_of(like)
+        words = backend.philox_uint32(self.key, (counter + skip) % 2**256, (offset + math.prod(shape),))
+        return backend.xp.reshape(words[offset:], shape)
 
     def advance(self, n: int) -> int:
         """Reserve the blocks of a draw of ``n`` 32-bit words; returns the counter the draw starts from."""

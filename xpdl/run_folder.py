@@ -123,7 +123,7 @@ class RunFolder:
         new_run: True for :meth:`create` (every run file in it is this run's), False for :meth:`resume`.
     """
 
-    def __init__(self, path: Path, created: bool, lock_fd: int, new_run: bool) -> None:
+    def __init__(self, path: Path, created: bool, lock_fd: int | None, new_run: bool) -> None:
         self.path = path
         self.created = created
         self.new_run = new_run
@@ -197,6 +197,17 @@ class RunFolder:
         taken = cls._locked(folder, False, what, new_run=False)
         remove_stale_temporaries(folder)
         return taken, ckpt
+
+    @staticmethod
+    def checkpoint_of(run: str | os.PathLike[str]) -> Path:
+        """The checkpoint file of run ``run`` (a folder, or its ``checkpoint.npz`` itself)."""
+        path = Path(run)
+        return path if path.is_file() else path / CHECKPOINT_FILE
+
+    @classmethod
+    def view(cls, folder: Path) -> RunFolder:
+        """A folder another process of the same job holds: no lock, and :meth:`discard` removes nothing."""
+        return cls(folder, created=False, lock_fd=None, new_run=False)
 
     @classmethod
     def _locked(cls, folder: Path, created: bool, what: str, new_run: bool) -> RunFolder:

@@ -15,6 +15,17 @@ in ``N // batch_size`` full batches (the few left-over samples differ from epoch
 to epoch). Accuracies are checked after the first iteration and at the end of
 every epoch (the last iteration included); the model ends with the parameters
 and batch-norm statistics of the best validation accuracy.
+
+Data parallel (``comm=``, a :class:`xpdl.distributed.Communicator` with more than
+one rank): ``batch_size`` is the global batch. Each rank holds the whole dataset,
+takes its contiguous slice of each batch of the seed-and-epoch permutation and
+computes its share of the gradient of the batch's mean loss; one flat buffer
+(every gradient, the loss and, with per-rank batch norm, the running statistics)
+is summed with one in-place allreduce and every rank applies the same update, so
+the ranks stay bit-identical. Dropout masks are the rows one process would draw
+for the whole batch and batch-norm statistics are those of the whole batch (unless
+``local_batchnorm``), so the numbers do not depend on the rank count (to rounding).
+Accuracy checks split their samples across the ranks and sum the counts.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from xpdl import updater
+from xpdl import distributed, updater
 from xpdl.progress import TrainingBar
 
 HISTORY_LISTS = ("loss_history", "train_acc_history", "val_acc_history", "lr_history", "time_history",
@@ -60,6 +71,10 @@ class Trainer:
         num_val_samples: validation samples used (default None: all).
         on_iteration, on_epoch_end: optional callables ``f(trainer)`` run after each
             iteration / after each epoch's accuracy check.
+        comm: a :class:`xpdl.distributed.Communicator` (``xpdl.distributed.init()``) to train
+            data-parallel on its ranks (see the module docstring); default: one process.
+        local_batchnorm: with ``comm``, normalize with each rank's own batch statistics
+            (faster, other numbers) instead of the whole batch's (default False).
 
     Unknown keyword arguments raise ValueError. ``check_iterations`` records the
     iteration count at each accuracy check, beside ``train_acc_history`` and ``val_acc_history``.
@@ -86,6 +101,13 @@ class Trainer:
                 _count(getattr(self, name), name, 1)
         self.on_iteration: Callable | None = kwargs.pop("on_iteration", None)
         self.on_epoch_end: Callable | None = kwargs.pop("on_epoch_end", None)
+        self.comm = kwargs.pop("comm", None) or distributed.single_process()
+        if not isinstance(self.comm, distributed.Communicator):
+            raise TypeError(f"comm: expected an xpdl.distributed.Communicator (xpdl.distributed.init()), "
+                            f"got {type(self.comm).__name__}")
+        self.local_batchnorm = kwargs.pop("local_batchnorm", False)
+        if not isinstance(self.local_batchnorm, bool):
+            raise TypeError(f"local_batchnorm: expected True or False, got {self.local_batchnorm!r}")
         if kwargs:
             extra = ", ".join(f'"{k}"' for k in kwargs)
             raise ValueError(f"Unrecognized arguments {extra}")
@@ -103,6 +125,10 @@ class Trainer:
             raise ValueError(f"batch_size: batch norm needs at least 2 samples per batch, got "
                              f"{self.effective_batch_size} (batch_size={self.batch_size}, "
                              f"{self.X_train.shape[0]} training samples)")
+        per_rank = 2 if getattr(model, "use_batchnorm", False) and self.local_batchnorm else 1
+        if self.effective_batch_size < per_rank * self.comm.size:
+            raise ValueError(f"batch_size: expected at least {per_rank} sample(s) per rank for {self.comm.size} "
+                             f"ranks, got a batch of {self.effective_batch_size}")
 
         self._reset_history()
 
@@ -147,6 +173,8 @@ class Trainer:
         self.train_seconds = 0.0
         self._pending_losses: list[tuple[int, Any]] = []
         self.updater_configs = {p: copy.deepcopy(self.updater_config) for p in self.model.params}
+        self.allreduce_seconds = 0.0
+        self._flat: Any = None
 
     # ------------------------------------------------------------ one step
     @property
@@ -168,7 +196,8 @@ class Trainer:
         """One training step (forward, backward, update) on one batch.
 
         Inputs:
-            X_batch: (B, d_1, ..., d_k); y_batch: (B,) integer labels.
+            X_batch: (B, d_1, ..., d_k); y_batch: (B,) integer labels. With ``comm``, the
+            whole batch: every rank passes the same one and computes its rows.
 
         Returns:
             The batch loss as a 0-d array on the model's device (no host synchronization).
@@ -178,7 +207,15 @@ class Trainer:
         if X.shape[0] == 0:
             raise ValueError(f"X_batch: expected at least one sample, got shape {tuple(X.shape)}")
         y = self.model.as_labels(y_batch, X.shape[0], check_range=not self.model.backend.is_gpu)
+        if self.distributed:
+            first, stop = distributed.shard(X.shape[0], self.comm)
+            return self._train_step_shard(X[first:stop, ...], y[first:stop], first, X.shape[0])
         return self._train_step(X, y)
+
+    @property
+    def distributed(self) -> bool:
+        """True when training data-parallel on more than one rank."""
+        return self.comm.size > 1
 
     @property
     def step_path(self) -> str:
@@ -190,6 +227,62 @@ class Trainer:
         loss, _ = self.model.loss_and_grads(X, y, input_grad=False, on_grads=self.apply_gradients,
                                             buffers=self._buffers)
         return loss
+
+    def _train_step_shard(self, X: Any, y: Any, first: int, total: int) -> Any:
+        """A data-parallel step on this rank's rows ``first ..`` of a ``total``-row batch.
+
+        Forward and backward on the rank's rows (dropout rows and synchronized batch
+        statistics of the whole batch), then the flat buffer of gradient shares and loss
+        share summed over the ranks in one allreduce, the L2 term added once, and the
+        same update on every rank.
+        """
+        model = self.model
+        drop = model.dropout_param if getattr(model, "use_dropout", False) else None
+        sync = None if self.local_batchnorm else self.comm
+        bn_params = getattr(model, "bn_params", [])
+        if drop is not None:
+            drop["rows"] = (first, total)
+        for bn in bn_params:
+            bn["comm"] = sync
+        try:
+            loss, grads = model.loss_and_grads(X, y, input_grad=False, buffers=self._buffers,
+                                               loss_scale=X.shape[0] / total, regularize=False)
+        finally:
+            if drop is not None:
+                drop.pop("rows", None)
+            for bn in bn_params:
+                bn.pop("comm", None)
+        loss, grads = self._sum_over_ranks(loss, grads)
+        loss = model.add_regularization(loss, grads)
+        self.apply_gradients(grads)
+        return loss
+
+    def _sum_over_ranks(self, loss: Any, grads: dict) -> tuple[Any, dict]:
+        """Sum ``loss`` and ``grads`` over the ranks with one in-place allreduce of one flat buffer.
+
+        The buffer (on the model's device, in its dtype) holds every gradient, the loss,
+        and with per-rank batch norm the running statistics, which are averaged. Returns
+        the summed loss (0-d) and gradients (views into the buffer, valid until the next step).
+        """
+        xp = self.model.backend.xp
+        bn_params = getattr(self.model, "bn_params", []) if self.local_batchnorm else []
+        stats = [(bn, key) for bn in bn_params for key in ("running_mean", "running_var")]
+        parts = [(k, grads[k]) for k in sorted(grads)] + [(None, loss)] + [(None, bn[key]) for bn, key in stats]
+        sizes = [int(np.prod(a.shape)) for _, a in parts]
+        if self._flat is None or self._flat.shape[0] != sum(sizes) or self._flat.dtype != grads[parts[0][0]].dtype:
+            self._flat = xp.zeros((sum(sizes),), dtype=grads[parts[0][0]].dtype, device=self.model.backend.device)
+        flat = self._flat
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        for (_, a), start, stop in zip(parts, offsets, offsets[1:]):
+            flat[start:stop] = xp.reshape(a, (-1,))
+        tick = time.perf_counter()
+        flat = self._flat = self.comm.allreduce(flat)
+        self.allreduce_seconds += time.perf_counter() - tick
+        views = [xp.reshape(flat[start:stop], a.shape) for (_, a), start, stop in zip(parts, offsets, offsets[1:])]
+        summed = {k: v for (k, _), v in zip(parts, views) if k is not None}
+        for (bn, key), v in zip(stats, views[len(grads) + 1:]):
+            bn[key] = v / self.comm.size
+        return views[len(grads)], summed
 
     def apply_gradients(self, grads: dict) -> None:
         """Update the parameters named in ``grads`` with their gradients and their own update-rule configs."""
@@ -216,9 +309,15 @@ class Trainer:
     def _step(self) -> None:
         xp = self.model.backend.xp
         idx = self.batch_indices(self.t)
+        if self.distributed:
+            first, stop = distributed.shard(idx.shape[0], self.comm)
+            total, idx = idx.shape[0], idx[first:stop]
         X_batch = xp.take(self.X_train, idx, axis=0)
         y_batch = xp.take(self.y_train, idx, axis=0)
-        loss = self._train_step(X_batch, y_batch)
+        if self.distributed:
+            loss = self._train_step_shard(X_batch, y_batch, first, total)
+        else:
+            loss = self._train_step(X_batch, y_batch)
         self._pending_losses.append((self.t, loss))
         self.t += 1
         if not self.model.backend.is_gpu:
@@ -248,7 +347,8 @@ class Trainer:
 
         Predictions are made on the model's device in batches of ``batch_size``;
         the subsample (``num_samples`` without replacement) depends on the seed and
-        the iteration only, so a resumed run draws the same one.
+        the iteration only, so a resumed run draws the same one. With ``comm``, each rank
+        classifies its contiguous share of the samples and the counts are summed.
         """
         X = self.model.as_input(X)
         y = self.model.as_labels(y, X.shape[0], check_range=False)
@@ -260,11 +360,14 @@ class Trainer:
             X, y, n = xp.take(X, idx, axis=0), xp.take(y, idx, axis=0), num_samples
         if n == 0:
             return 0.0
-        correct = None
-        for start in range(0, n, batch_size):
-            scores = self.model.loss(X[start:min(start + batch_size, n), ...])
-            hits = xp.sum(xp.astype(xp.argmax(scores, axis=1) == y[start:min(start + batch_size, n)], xp.int64))
-            correct = hits if correct is None else correct + hits
+        first, stop = distributed.shard(n, self.comm)
+        correct = 0
+        for start in range(first, stop, batch_size):
+            end = min(start + batch_size, stop)
+            scores = self.model.loss(X[start:end, ...])
+            correct = correct + xp.sum(xp.astype(xp.argmax(scores, axis=1) == y[start:end], xp.int64))
+        if self.distributed:
+            return int(self.comm.allreduce(np.array([int(correct)], np.int64))[0]) / n
         return int(correct) / n
 
     # ------------------------------------------------------------ state
@@ -371,8 +474,21 @@ class Trainer:
     def train(self) -> None:
         """Train until ``num_iterations``, resuming from ``self.t`` if some were done already.
 
-        Ends with the model holding the parameters of the best validation accuracy.
+        Ends with the model holding the parameters of the best validation accuracy. With
+        more than one rank, an exception in this rank (Ctrl-C included) other than a
+        diverged loss (which every rank sees alike) aborts the whole job
+        (:func:`xpdl.distributed.abort_job`) instead of leaving the other ranks waiting.
         """
+        if not self.distributed:
+            return self._train()
+        try:
+            self._train()
+        except FloatingPointError:
+            raise
+        except BaseException as exc:
+            distributed.abort_job(self.comm, exc)
+
+    def _train(self) -> None:
         self._follow_model()
         total = self.num_iterations
         start = time.perf_counter() - self.train_seconds

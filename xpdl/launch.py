@@ -1,0 +1,171 @@
+"""``xpdl train --nproc N``: start N ranks of ``xpdl train`` on this machine with an MPI launcher.
+
+The launcher is the ``mpiexec`` installed beside this Python (the ``xpdl[mpi]`` extra
+brings MPICH's), else the first one on ``PATH``. Each rank gets ``cores // N`` BLAS
+and OpenMP threads (N ranks each using every core run several times slower), ranks
+are bound to cores where there are enough of them, and Open MPI gets the flags it
+needs as root (``--allow-run-as-root``) and beyond the core count
+(``--oversubscribe``); MPICH needs neither. Ctrl-C stops every rank; the run folder
+keeps its last complete checkpoint and the message says how to resume.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from xpdl.distributed import MPI_INSTALL_HINT
+
+#: The thread-count variables of the BLAS and OpenMP runtimes NumPy may use.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+class LaunchError(RuntimeError):
+    """The ranks cannot be started (no MPI launcher, bad ``--nproc``)."""
+
+
+def find_mpiexec() -> str:
+    """The ``mpiexec`` beside this Python, else the first on ``PATH``; LaunchError saying how to get one."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("mpiexec") or shutil.which("mpirun")
+    if found is None:
+        raise LaunchError(f"--nproc: no mpiexec beside {sys.executable} or on PATH; "
+                          f"install one with {MPI_INSTALL_HINT}")
+    return found
+
+
+def mpi_flavor(mpiexec: str) -> str:
+    """``"mpich"`` (Hydra), ``"openmpi"`` or ``"other"``, from ``mpiexec --version``."""
+    try:
+        out = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=20)
+        text = out.stdout + out.stderr
+    except (OSError, subprocess.TimeoutExpired):
+        return "other"
+    if "HYDRA" in text or "MPICH" in text:
+        return "mpich"
+    if "Open MPI" in text or "OpenRTE" in text or "open-mpi" in text:
+        return "openmpi"
+    return "other"
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def thread_environment(nproc: int, cores: int) -> dict[str, str]:
+    """The thread-count variables set to ``cores // nproc`` (at least 1) for every rank."""
+    threads = str(max(cores // nproc, 1))
+    return dict.fromkeys(THREAD_VARIABLES, threads)
+
+
+def launcher_flags(flavor: str, nproc: int, cores: int, is_root: bool) -> list[str]:
+    """mpiexec options for ``nproc`` ranks on one machine with ``cores`` cores."""
+    bind = nproc <= cores
+    if flavor == "openmpi":
+        flags = ["--bind-to", "core" if bind else "none"]
+        if is_root:
+            flags.append("--allow-run-as-root")
+        if not bind:
+            flags.append("--oversubscribe")
+        for name in THREAD_VARIABLES:
+            flags += ["-x", name]
+        return flags
+    if flavor == "mpich":
+        return ["-bind-to", "core"] if bind else []
+    return []
+
+
+def rank_arguments(argv: list[str]) -> list[str]:
+    """``xpdl train`` arguments without ``--nproc``; a new run gets an explicit ``--out runs/<timestamp>``.
+
+    Naming the folder here lets the launcher say where the run is when it is interrupted.
+    """
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = i + 1 < len(argv)
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    if not any(a in ("--out", "--resume") or a.startswith(("--out=", "--resume=")) for a in out):
+        out += ["--out", str(_free_run_folder())]
+    return out
+
+
+def _free_run_folder() -> Path:
+    base = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        folder = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        if not folder.exists():
+            return folder
+    raise LaunchError(f"--nproc: no free run folder next to {base}; choose one with --out")
+
+
+def _run_folder(args: list[str]) -> str:
+    for key in ("--resume", "--out"):
+        for i, arg in enumerate(args):
+            if arg == key and i + 1 < len(args):
+                return args[i + 1]
+            if arg.startswith(key + "="):
+                return arg.split("=", 1)[1]
+    return "RUN"
+
+
+def command(nproc: int, argv: list[str], mpiexec: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """The launcher command line and the environment for ``nproc`` ranks of ``xpdl train argv``."""
+    if nproc < 1:
+        raise LaunchError(f"--nproc: expected a positive integer, got {nproc}")
+    mpiexec = mpiexec or find_mpiexec()
+    cores = usable_cores()
+    is_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    flags = launcher_flags(mpi_flavor(mpiexec), nproc, cores, is_root)
+    cmd = [mpiexec, "-n", str(nproc), *flags, sys.executable, "-m", "xpdl", "train", *rank_arguments(argv)]
+    return cmd, {**os.environ, **thread_environment(nproc, cores)}
+
+
+def run(nproc: int, argv: list[str]) -> int:
+    """Start ``nproc`` ranks of ``xpdl train argv`` (the arguments after ``train``) and wait; the exit code.
+
+    0 when every rank succeeded, the job's code otherwise, 130 after Ctrl-C, 2 when
+    no launcher could be started.
+    """
+    try:
+        cmd, env = command(nproc, argv)
+    except LaunchError as exc:
+        print(f"xpdl train: error: {exc}", file=sys.stderr)
+        return 2
+    folder = _run_folder(cmd)
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        _stop(proc)
+        print(f"\nxpdl train: interrupted; all {nproc} ranks stopped, the last checkpoint is intact; continue "
+              f"with: xpdl train --resume {folder} --nproc {nproc}", file=sys.stderr)
+        return 130
+
+
+def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Pass Ctrl-C on to the launcher (which stops its ranks); kill it if it has not ended after ``grace`` s."""
+    try:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.kill()
+        proc.wait()
