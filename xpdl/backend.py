@@ -31,7 +31,14 @@ import numpy as np
 
 from xpdl.bn_layers import NORMALIZATIONS
 from xpdl.dropout_layers import dropout_backward, dropout_forward
-from xpdl.layers import affine_backward, affine_forward, affine_param_grads, relu_backward, relu_forward
+from xpdl.layers import (
+    affine_backward,
+    affine_forward,
+    affine_param_grads,
+    relu_backward,
+    relu_forward,
+    softmax_loss,
+)
 
 BACKEND_NAMES = ("auto", "numpy", "cupy", "cupy:N", "array_api_strict")
 CUDA_INSTALL_HINT = 'pip install "xpdl[cuda12]" (CUDA 12) or "xpdl[cuda13]" (CUDA 13)'
@@ -191,6 +198,14 @@ class Backend:
     def output_forward(self, x: Any, w: Any, b: Any, buffers: dict | None = None) -> tuple[Any, Any]:
         """Class scores ``x @ w + b`` (N, C) of the last affine layer, and its cache."""
         return affine_forward(x, w, b)
+
+    def softmax_loss(self, scores: Any, y: Any) -> tuple[Any, Any]:
+        """Mean softmax cross-entropy of ``scores`` (N, C) for labels ``y`` (N,) and its gradient (N, C).
+
+        :func:`xpdl.layers.softmax_loss`; backends may compute it in place in ``scores``,
+        which the caller no longer needs.
+        """
+        return softmax_loss(scores, y)
 
     def output_backward(self, dscores: Any, cache: Any, input_grad: bool = True,
                         buffers: dict | None = None) -> tuple[Any, Any, Any]:
@@ -429,6 +444,8 @@ def announce(message: str) -> None:
 
 def backend_of(arr: Any) -> Backend:
     """The backend whose namespace and device array ``arr`` belongs to."""
+    if type(arr) is np.ndarray:
+        return _CACHE.get("numpy") or get_backend("numpy")
     key = _namespace_key(array_api_compat.array_namespace(arr))
     if key == "cupy":
         return get_backend(f"cupy:{arr.device.id}")

@@ -72,6 +72,7 @@ DEFAULTS: dict[str, Any] = {
     "backend": "auto",
     "dtype": "float32",
     "seed": 0,
+    "split_seed": None,
     "checkpoint_every": None,
     "num_val": None,
     "local_batchnorm": False,
@@ -96,7 +97,7 @@ SETTINGS_SCHEMA = schema.Obj({
     "backend": schema.Check(schema.Str(max_len=40), lambda name: _backend_problem(name)),
     "dtype": schema.Str(choices=("float32", "float64")), "seed": schema.Int(min=0, max=SEED_LIMIT - 1),
     "checkpoint_every": schema.Nullable(schema.Int(min=1)), "num_val": schema.Nullable(schema.Int(min=1)),
-    "local_batchnorm": schema.Bool(),
+    "local_batchnorm": schema.Bool(), "split_seed": schema.Nullable(schema.Int(min=0, max=SEED_LIMIT - 1)),
 })
 
 #: Settings ``--resume`` may change; the others define the run and stay as saved.
@@ -271,6 +272,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--batch-size", type=positive_int, metavar="B", help=f"batch size (default {d['batch_size']})")
     opt.add_argument("--seed", type=seed, metavar="S",
                      help=f"seeds the validation split, weights, dropout and shuffles (default {d['seed']})")
+    opt.add_argument("--split-seed", type=seed, metavar="S",
+                     help="seeds the validation split alone (default: --seed); xpdl tune fixes it for all trials")
     run = p.add_argument_group("run")
     run.add_argument("--backend", type=backend_option, metavar="NAME",
                      help="auto, numpy, cupy, cupy:N or array_api_strict (default $XPDL_BACKEND or auto)")
@@ -420,7 +423,8 @@ def load_data(settings: dict[str, Any]) -> dict[str, Any]:
     if num_val >= n:
         raise UsageError(f"--num-val {num_val}: expected fewer than the {n} training images of {name} "
                          f"(in {data_dir}), got {num_val}")
-    return prepare(raw, num_val=num_val, seed=settings["seed"], dtype=settings["dtype"])
+    split_seed = settings["seed"] if settings.get("split_seed") is None else settings["split_seed"]
+    return prepare(raw, num_val=num_val, seed=split_seed, dtype=settings["dtype"])
 
 
 def read_raw(name: str, data_dir: Path, download: bool) -> dict[str, Any]:

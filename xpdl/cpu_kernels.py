@@ -74,19 +74,26 @@ def bn_relu_dropout_forward(a, b, gamma, beta, running_mean, running_var, moment
 def column_sums(a, out):
     """``out[j] += sum_i a[i, j]`` for ``a`` (N, H); ``out`` (>= H,) float64 (a zeroed buffer gives the sums)."""
     n, d = a.shape
+    acc = np.zeros(d, np.float64)  # a local accumulator: the compiler knows it aliases nothing, and vectorizes
     for i in range(n):
         for j in range(d):
-            out[j] += a[i, j]
+            acc[j] += a[i, j]
+    for j in range(d):
+        out[j] += acc[j]
 
 
 @njit(**_JIT)
 def column_squared_deviations(a, mean, out):
     """``out[j] += sum_i (a[i, j] - mean[j])**2`` for ``a`` (N, H); ``mean``, ``out`` (H,) float64."""
     n, d = a.shape
+    mu = mean[:d].copy()
+    acc = np.zeros(d, np.float64)
     for i in range(n):
         for j in range(d):
-            t = a[i, j] - mean[j]
-            out[j] += t * t
+            t = a[i, j] - mu[j]
+            acc[j] += t * t
+    for j in range(d):
+        out[j] += acc[j]
 
 
 @njit(**_JIT)
@@ -147,12 +154,17 @@ def relu_dropout_bn_sums(dh, h, xhat, keep, scale, d, sums):
     """
     n, m = dh.shape
     dropout = keep.shape[0] > 0
+    sum_d = np.zeros(m, np.float64)  # local accumulators: the compiler knows they alias nothing, and vectorizes
+    sum_dx = np.zeros(m, np.float64)
     for i in range(n):
         for j in range(m):
             g = _relu_dropout_grad(dh[i, j], h[i, j], dropout, scale)
             d[i, j] = g
-            sums[j] += g
-            sums[m + j] += g * xhat[i, j]
+            sum_d[j] += g
+            sum_dx[j] += g * xhat[i, j]
+    for j in range(m):
+        sums[j] += sum_d[j]
+        sums[m + j] += sum_dx[j]
 
 
 @njit(**_JIT)
@@ -164,11 +176,13 @@ def bn_input_grad(d, xhat, gamma, inv_std, count, sums):
     """
     n, m = d.shape
     coef = np.empty(m, np.float64)
+    sum_d = sums[:m].copy()  # local copies: the compiler knows they alias nothing, and vectorizes
+    sum_dx = sums[m:2 * m].copy()
     for j in range(m):
         coef[j] = gamma[j] * inv_std[j] / count
     for i in range(n):
         for j in range(m):
-            d[i, j] = coef[j] * (count * d[i, j] - sums[j] - xhat[i, j] * sums[m + j])
+            d[i, j] = coef[j] * (count * d[i, j] - sum_d[j] - xhat[i, j] * sum_dx[j])
 
 
 @njit(**_JIT)

@@ -24,7 +24,6 @@ import numpy as np
 from xpdl.backend import Backend, dtype_name, get_backend, to_numpy
 from xpdl.bn_layers import NORMALIZATIONS as NORMALIZATION_LAYERS
 from xpdl.dropout_layers import check_keep_probability
-from xpdl.layers import softmax_loss
 from xpdl.rng import Generator
 
 FLOAT_DTYPES = ("float32", "float64")
@@ -267,7 +266,7 @@ class FullyConnectedNet:
             caches.append(cache)
         L = self.num_layers
         scores, out_cache = ops.output_forward(h, self.params[f"W{L}"], self.params[f"b{L}"], ws(L))
-        loss, dscores = softmax_loss(scores, y)
+        loss, dscores = ops.softmax_loss(scores, y)
         if loss_scale != 1.0:
             loss, dscores = loss * loss_scale, dscores * loss_scale
         grads: dict[str, Any] = {}

@@ -141,6 +141,19 @@ class NumpyBackend(Backend):
         scores += b
         return scores, (x, w)
 
+    def softmax_loss(self, scores, y):
+        """:func:`xpdl.layers.softmax_loss` with the gradient made in place in ``scores`` (log-sum-exp)."""
+        n = scores.shape[0]
+        scores -= scores.max(axis=1, keepdims=True)
+        picked = np.take_along_axis(scores, y.reshape(n, 1), axis=1)
+        np.exp(scores, out=scores)
+        sums = scores.sum(axis=1, keepdims=True)
+        loss = np.mean(np.log(sums) - picked, dtype=scores.dtype)
+        scores /= sums
+        scores[np.arange(n), y] -= 1.0
+        scores /= n
+        return np.asarray(loss), scores
+
     def output_backward(self, dscores, cache, input_grad=True, buffers=None):
         x, w = cache
         dw = np.matmul(x.T, dscores, out=_buffer(buffers, "dW", w.shape, w.dtype))

@@ -3,8 +3,9 @@
 Started by :mod:`xpdl.tune` as ``python -m xpdl tune --worker ...`` with its BLAS
 thread counts already in its environment. Each trial writes a normal run folder
 ``OUT/trials/trial-NNNN`` (``xpdl evaluate`` works on it), trains with seed
-``seed + trial number``, and reports the validation accuracy after every epoch,
-so the pruner can stop it (the run folder is still finished). Its value is the
+``seed + trial number`` (but splits off the validation set with ``seed`` alone,
+so every trial is scored on the same split), and reports the validation
+accuracy after every epoch, so the pruner can stop it (the run folder is still finished). Its value is the
 run's best validation accuracy. The worker stops when the study's budget is used
 up; after Ctrl-C (SIGINT) it fails and re-queues its running trial and exits 130.
 """
@@ -67,6 +68,8 @@ class Objective:
         trial.set_user_attr("run", str(folder.relative_to(self.out)))
         argv = [*self.fixed_argv, *(a for name, v in params.items() for a in option_argv(name, v, self.actions)),
                 "--seed", str(self.config["seed"] + trial.number), "--out", str(folder), "--quiet"]
+        if "--split-seed" not in self.fixed_argv:  # every trial is scored on the same validation split
+            argv += ["--split-seed", str(self.config["seed"])]
         print(f"trial {trial.number}: xpdl train {' '.join(argv)}", flush=True)
         code = train_main(argv, epoch_callback=lambda trainer: self.report(trial, trainer))
         sys.stdout.flush()

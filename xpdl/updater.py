@@ -106,7 +106,8 @@ class UpdateRule:
         for key in self.state_keys:
             if config.get(key) is None:
                 config[key] = namespace(w=w).zeros_like(w)
-            namespace(w=w, **{f"config['{key}']": config[key]})
+            if type(config[key]) is not type(w):  # another library or device: say which (same type: a step's fast path)
+                namespace(w=w, **{f"config['{key}']": config[key]})
             if tuple(config[key].shape) != tuple(w.shape):
                 raise ValueError(f"config['{key}']: expected shape {tuple(w.shape)} like w, "
                                  f"got {tuple(config[key].shape)}")
