@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -290,3 +291,14 @@ def test_normalization_and_weight_decay_mistakes_are_one_line(tmp_path, capsys, 
 def test_no_batchnorm_is_the_seed_spelling_of_normalization_none(tmp_path, capsys):
     assert run_main(capsys, "train", *SMALL, "--no-batchnorm", "--out", str(tmp_path / "r"), "--quiet")[0] == 0
     assert load_checkpoint(tmp_path / "r" / "best.npz")["config"]["normalization"] is None
+
+
+def test_a_closed_output_pipe_ends_quietly(small_run):
+    """``xpdl evaluate RUN | head -1``: no BrokenPipeError traceback when the reader goes away."""
+    proc = subprocess.Popen([sys.executable, "-m", "xpdl", "evaluate", str(small_run)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "XPDL_QUIET": "1"})
+    proc.stdout.close()  # the reader goes away before anything is printed
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 141 and "Traceback" not in err, err

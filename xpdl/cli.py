@@ -921,6 +921,9 @@ def run_command(command: str, run: Callable[[], int], quiet: bool = False) -> in
     except KeyboardInterrupt:
         print(f"\nxpdl {command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # whatever read the output stopped reading (xpdl evaluate RUN | head): no traceback
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter's final flush must not fail again
+        return 141
 
 
 @contextlib.contextmanager
