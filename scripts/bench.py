@@ -233,23 +233,37 @@ def make_data(batch: int, dim: int, n_batches: int = N_BATCHES, seed: int = 0) -
     return X, y
 
 
-def build_xpdl(xpdl: ModuleType, be: Any, sizes: list[int], X: np.ndarray, y: np.ndarray,
-               batch: int) -> tuple[Any, Any]:
+def build_xpdl(
+    xpdl: ModuleType, be: Any, sizes: list[int], X: np.ndarray, y: np.ndarray, batch: int
+) -> tuple[Any, Any]:
     net = xpdl.FullyConnectedNet(
-        input_dim=sizes[0], hidden_dims=list(sizes[1:-1]), num_classes=sizes[-1],
-        dropout=KEEP_PROB, use_batchnorm=True, reg=0.0, weight_scale=1e-2, seed=0,
-        dtype="float32", backend=be,
+        input_dim=sizes[0],
+        hidden_dims=list(sizes[1:-1]),
+        num_classes=sizes[-1],
+        dropout=KEEP_PROB,
+        use_batchnorm=True,
+        reg=0.0,
+        weight_scale=1e-2,
+        seed=0,
+        dtype="float32",
+        backend=be,
     )
     data = {"X_train": X, "y_train": y, "X_val": X[:batch], "y_val": y[:batch]}
-    tr = xpdl.Trainer(net, data, update_rule="adam", updater_config={"learning_rate": LEARNING_RATE},
-                      batch_size=batch, verbose=False, seed=0)
+    tr = xpdl.Trainer(
+        net,
+        data,
+        update_rule="adam",
+        updater_config={"learning_rate": LEARNING_RATE},
+        batch_size=batch,
+        verbose=False,
+        seed=0,
+    )
     return net, tr
 
 
 def device_batches(be: Any, X: np.ndarray, y: np.ndarray, batch: int) -> list[tuple[Any, Any]]:
     n = X.shape[0] // batch
-    return [(be.asarray(X[i * batch:(i + 1) * batch]), be.asarray(y[i * batch:(i + 1) * batch]))
-            for i in range(n)]
+    return [(be.asarray(X[i * batch : (i + 1) * batch]), be.asarray(y[i * batch : (i + 1) * batch])) for i in range(n)]
 
 
 def xpdl_contender(xpdl: ModuleType, be: Any, sizes: list[int], X: np.ndarray, y: np.ndarray, batch: int) -> Contender:
@@ -274,8 +288,12 @@ def make_torch_model(torch: ModuleType, sizes: list[int], device: str) -> Any:
     layers: list[Any] = []
     for d_in, d_out in itertools.pairwise(sizes[:-1]):
         # momentum 0.1 here is a running average with factor 0.9 in xpdl
-        layers += [nn.Linear(d_in, d_out), nn.BatchNorm1d(d_out, eps=1e-5, momentum=0.1),
-                   nn.ReLU(), nn.Dropout(1.0 - KEEP_PROB)]
+        layers += [
+            nn.Linear(d_in, d_out),
+            nn.BatchNorm1d(d_out, eps=1e-5, momentum=0.1),
+            nn.ReLU(),
+            nn.Dropout(1.0 - KEEP_PROB),
+        ]
     layers.append(nn.Linear(sizes[-2], sizes[-1]))
     return nn.Sequential(*layers).to(device=device, dtype=torch.float32).train()
 
@@ -288,8 +306,16 @@ def torch_device(torch: ModuleType, be: Any) -> str:
     return f"cuda:{gpu_index(be)}"
 
 
-def torch_contender(torch: ModuleType | None, torch_na: str, be: Any, sizes: list[int],
-                    X: np.ndarray, y: np.ndarray, batch: int, fused: bool) -> Contender:
+def torch_contender(
+    torch: ModuleType | None,
+    torch_na: str,
+    be: Any,
+    sizes: list[int],
+    X: np.ndarray,
+    y: np.ndarray,
+    batch: int,
+    fused: bool,
+) -> Contender:
     name = "torch-fused" if fused else "torch"
     if torch is None:
         return unavailable(name, torch_na)
@@ -300,7 +326,7 @@ def torch_contender(torch: ModuleType | None, torch_na: str, be: Any, sizes: lis
         opt = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, **kw)
         Xt = torch.from_numpy(X).to(device)
         yt = torch.from_numpy(y).to(device)
-        batches = itertools.cycle([(Xt[i:i + batch], yt[i:i + batch]) for i in range(0, X.shape[0], batch)])
+        batches = itertools.cycle([(Xt[i : i + batch], yt[i : i + batch]) for i in range(0, X.shape[0], batch)])
         cross_entropy = torch.nn.functional.cross_entropy
         sync = (lambda: torch.cuda.synchronize(device)) if device != "cpu" else (lambda: None)
 
@@ -446,8 +472,7 @@ def required_bytes(sizes: list[int], batch: int, itemsize: int = 4) -> dict[str,
     }
 
 
-def measure_memory(xpdl: ModuleType, be: Any, gpu: bool, sizes: list[int], batch: int,
-                   warmup: int) -> dict[str, Any]:
+def measure_memory(xpdl: ModuleType, be: Any, gpu: bool, sizes: list[int], batch: int, warmup: int) -> dict[str, Any]:
     X, y = make_data(batch, sizes[0], n_batches=1, seed=2)
     Xb, yb = device_batches(be, X, y, batch)[0]
     if gpu:
@@ -455,8 +480,9 @@ def measure_memory(xpdl: ModuleType, be: Any, gpu: bool, sizes: list[int], batch
     return _memory_cpu(xpdl, be, sizes, X, y, Xb, yb, batch, warmup)
 
 
-def _memory_cpu(xpdl: ModuleType, be: Any, sizes: list[int], X: np.ndarray, y: np.ndarray,
-                Xb: Any, yb: Any, batch: int, warmup: int) -> dict[str, Any]:
+def _memory_cpu(
+    xpdl: ModuleType, be: Any, sizes: list[int], X: np.ndarray, y: np.ndarray, Xb: Any, yb: Any, batch: int, warmup: int
+) -> dict[str, Any]:
     # Traced from before the net is built, so parameters and optimizer state
     # count; the host data and the batch are made before and do not.
     gc.collect()
@@ -474,12 +500,17 @@ def _memory_cpu(xpdl: ModuleType, be: Any, sizes: list[int], X: np.ndarray, y: n
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    return {"method": "tracemalloc peak during one step (all traced since the net was built)",
-            "peak": peak, "between_steps": base, "after_build": after_build}
+    return {
+        "method": "tracemalloc peak during one step (all traced since the net was built)",
+        "peak": peak,
+        "between_steps": base,
+        "after_build": after_build,
+    }
 
 
-def _memory_gpu(xpdl: ModuleType, be: Any, sizes: list[int], X: np.ndarray, y: np.ndarray,
-                Xb: Any, yb: Any, batch: int, warmup: int) -> dict[str, Any]:
+def _memory_gpu(
+    xpdl: ModuleType, be: Any, sizes: list[int], X: np.ndarray, y: np.ndarray, Xb: Any, yb: Any, batch: int, warmup: int
+) -> dict[str, Any]:
     import cupy
 
     pool = cupy.get_default_memory_pool()
@@ -495,16 +526,21 @@ def _memory_gpu(xpdl: ModuleType, be: Any, sizes: list[int], X: np.ndarray, y: n
     tr.step(Xb, yb)
     be.synchronize()
     peak = pool.total_bytes() - used0
-    return {"method": "cupy default pool total_bytes after one step (freed blocks dropped before); "
-                      "upper bound: includes the pool's rounding and fragmentation",
-            "peak": peak, "between_steps": base}
+    return {
+        "method": "cupy default pool total_bytes after one step (freed blocks dropped before); "
+        "upper bound: includes the pool's rounding and fragmentation",
+        "peak": peak,
+        "between_steps": base,
+    }
 
 
 def format_memory(name: str, mem: dict[str, Any], req: dict[str, int]) -> str:
     mib = 1 << 20
-    return (f"{name:<7} peak {mem['peak'] / mib:9.1f} MiB  between steps {mem['between_steps'] / mib:9.1f} MiB"
-            f"  required {req['total'] / mib:9.1f} MiB (params+grads+adam {4 * req['params'] / mib:.1f},"
-            f" activations {req['activations'] / mib:.1f})  peak/required {mem['peak'] / req['total']:5.2f}")
+    return (
+        f"{name:<7} peak {mem['peak'] / mib:9.1f} MiB  between steps {mem['between_steps'] / mib:9.1f} MiB"
+        f"  required {req['total'] / mib:9.1f} MiB (params+grads+adam {4 * req['params'] / mib:.1f},"
+        f" activations {req['activations'] / mib:.1f})  peak/required {mem['peak'] / req['total']:5.2f}"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -512,8 +548,9 @@ def format_memory(name: str, mem: dict[str, Any], req: dict[str, int]) -> str:
 # --------------------------------------------------------------------------
 
 
-def run_config(name: str, xpdl: ModuleType, be: Any, torch: ModuleType | None, torch_na: str,
-               gpu: bool, repeats: int, warmup: int) -> dict[str, Any]:
+def run_config(
+    name: str, xpdl: ModuleType, be: Any, torch: ModuleType | None, torch_na: str, gpu: bool, repeats: int, warmup: int
+) -> dict[str, Any]:
     cfg = CONFIGS[name]
     batch, sizes = cfg["batch"], cfg["sizes"]
     X, y = make_data(batch, sizes[0])
@@ -524,8 +561,14 @@ def run_config(name: str, xpdl: ModuleType, be: Any, torch: ModuleType | None, t
         floor_contender(gpu, be, sizes, batch),
     ]
     time_contenders(contenders, repeats, warmup)
-    res: dict[str, Any] = {"config": name, "batch": batch, "sizes": sizes, "repeats": repeats,
-                           "floor_gflop": floor_flops(sizes, batch) / 1e9, "contenders": {}}
+    res: dict[str, Any] = {
+        "config": name,
+        "batch": batch,
+        "sizes": sizes,
+        "repeats": repeats,
+        "floor_gflop": floor_flops(sizes, batch) / 1e9,
+        "contenders": {},
+    }
     for c in contenders:
         med = c.median()
         res["contenders"][c.name] = {
@@ -554,26 +597,45 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
-    cols = ["config", "batch", "xpdl ms", "torch ms", "fused ms", "floor ms",
-            "x/torch", "x/fused", "x/floor", "xpdl smp/s"]
+    cols = [
+        "config",
+        "batch",
+        "xpdl ms",
+        "torch ms",
+        "fused ms",
+        "floor ms",
+        "x/torch",
+        "x/fused",
+        "x/floor",
+        "xpdl smp/s",
+    ]
     rows = [cols]
     notes: list[str] = []
     for r in results:
         ms = {k: v["ms"] for k, v in r["contenders"].items()}
         x = ms["xpdl"]
-        rows.append([
-            r["config"], str(r["batch"]),
-            _fmt(x, ".2f"), _fmt(ms["torch"], ".2f"), _fmt(ms["torch-fused"], ".2f"), _fmt(ms["floor"], ".2f"),
-            _fmt(r["ratios"]["torch"], ".2f"), _fmt(r["ratios"]["torch-fused"], ".2f"),
-            _fmt(r["ratios"]["floor"], ".2f"),
-            _fmt(r["batch"] / (x / 1e3) if x else None, ",.0f"),
-        ])
+        rows.append(
+            [
+                r["config"],
+                str(r["batch"]),
+                _fmt(x, ".2f"),
+                _fmt(ms["torch"], ".2f"),
+                _fmt(ms["torch-fused"], ".2f"),
+                _fmt(ms["floor"], ".2f"),
+                _fmt(r["ratios"]["torch"], ".2f"),
+                _fmt(r["ratios"]["torch-fused"], ".2f"),
+                _fmt(r["ratios"]["floor"], ".2f"),
+                _fmt(r["batch"] / (x / 1e3) if x else None, ",.0f"),
+            ]
+        )
         for k, v in r["contenders"].items():
             if v["na"]:
                 notes.append(f"  {r['config']}: {k} n/a: {v['na']}")
         if ms["floor"]:
-            notes.append(f"  {r['config']}: floor = {r['floor_gflop']:.2f} GFLOP/step"
-                         f" = {r['floor_gflop'] / ms['floor'] * 1e3:.0f} GFLOP/s")
+            notes.append(
+                f"  {r['config']}: floor = {r['floor_gflop']:.2f} GFLOP/step"
+                f" = {r['floor_gflop'] / ms['floor'] * 1e3:.0f} GFLOP/s"
+            )
     notes.append("  ms: medians over rounds; x/...: medians of the per-round ratios (paired)")
     widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
@@ -581,14 +643,24 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines + notes)
 
 
-def run_sweep(xpdl: ModuleType, be: Any, torch: ModuleType | None, torch_na: str, gpu: bool,
-              repeats: int, warmup: int, batches: list[int]) -> list[dict[str, Any]]:
+def run_sweep(
+    xpdl: ModuleType,
+    be: Any,
+    torch: ModuleType | None,
+    torch_na: str,
+    gpu: bool,
+    repeats: int,
+    warmup: int,
+    batches: list[int],
+) -> list[dict[str, Any]]:
     sizes = CONFIGS["medium"]["sizes"]
     out = []
     for batch in batches:
         X, y = make_data(batch, sizes[0])
-        contenders = [xpdl_contender(xpdl, be, sizes, X, y, batch),
-                      torch_contender(torch, torch_na, be, sizes, X, y, batch, fused=False)]
+        contenders = [
+            xpdl_contender(xpdl, be, sizes, X, y, batch),
+            torch_contender(torch, torch_na, be, sizes, X, y, batch, fused=False),
+        ]
         time_contenders(contenders, repeats, warmup)
         row: dict[str, Any] = {"batch": batch}
         for c in contenders:
@@ -596,17 +668,20 @@ def run_sweep(xpdl: ModuleType, be: Any, torch: ModuleType | None, torch_na: str
             row[c.name] = med / batch * 1e6 if med is not None else None
             row[c.name + "_na"] = c.na or None
         out.append(row)
-        print(f"  sweep batch {batch}: us/sample xpdl {_fmt(row['xpdl'], '.2f')},"
-              f" torch {_fmt(row['torch'], '.2f')}", file=sys.stderr)
+        print(
+            f"  sweep batch {batch}: us/sample xpdl {_fmt(row['xpdl'], '.2f')}, torch {_fmt(row['torch'], '.2f')}",
+            file=sys.stderr,
+        )
     return out
 
 
 def format_sweep(rows: list[dict[str, Any]]) -> str:
-    lines = ["batch   xpdl us/smp  torch us/smp  xpdl/torch",
-             "-----   -----------  ------------  ----------"]
+    lines = ["batch   xpdl us/smp  torch us/smp  xpdl/torch", "-----   -----------  ------------  ----------"]
     for r in rows:
-        lines.append(f"{r['batch']:5d}   {_fmt(r['xpdl'], '.2f'):>11}  {_fmt(r['torch'], '.2f'):>12}"
-                     f"  {_fmt(r['xpdl'] / r['torch'] if r['xpdl'] and r['torch'] else None, '.2f'):>10}")
+        lines.append(
+            f"{r['batch']:5d}   {_fmt(r['xpdl'], '.2f'):>11}  {_fmt(r['torch'], '.2f'):>12}"
+            f"  {_fmt(r['xpdl'] / r['torch'] if r['xpdl'] and r['torch'] else None, '.2f'):>10}"
+        )
     na = {f"{k[:-3]} n/a: {r[k]}" for r in rows for k in ("xpdl_na", "torch_na") if r.get(k)}
     return "\n".join(lines + [f"  {n}" for n in sorted(na)])
 
@@ -629,24 +704,42 @@ def parse_configs(values: list[str] | None) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", action="append", metavar="NAME",
-                   help="small, medium or large; repeatable or comma separated (default: all three)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--config",
+        action="append",
+        metavar="NAME",
+        help="small, medium or large; repeatable or comma separated (default: all three)",
+    )
     p.add_argument("--backend", default="auto", help="xpdl backend name (default: auto)")
-    p.add_argument("--repeats", type=int, default=None,
-                   help="round-robin rounds per config (default: small/medium 10, large 3 on CPU; 20 on GPU;"
-                   " sweep 5 on CPU, 10 on GPU)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="round-robin rounds per config (default: small/medium 10, large 3 on CPU; 20 on GPU;"
+        " sweep 5 on CPU, 10 on GPU)",
+    )
     p.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps per contender (default: 3)")
     p.add_argument("--json", metavar="FILE", help="write all figures to FILE")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch")
-    p.add_argument("--sweep", action="store_true",
-                   help="us/sample of xpdl and torch over batch sizes " + ",".join(map(str, SWEEP_BATCHES))
-                   + " on the medium widths")
-    p.add_argument("--sweep-batches", metavar="LIST", default=None,
-                   help=f"comma-separated batch sizes for --sweep (default: {','.join(map(str, SWEEP_BATCHES))})")
-    p.add_argument("--memory", action="store_true",
-                   help="peak memory of one xpdl step against the bytes that must exist")
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="us/sample of xpdl and torch over batch sizes "
+        + ",".join(map(str, SWEEP_BATCHES))
+        + " on the medium widths",
+    )
+    p.add_argument(
+        "--sweep-batches",
+        metavar="LIST",
+        default=None,
+        help=f"comma-separated batch sizes for --sweep (default: {','.join(map(str, SWEEP_BATCHES))})",
+    )
+    p.add_argument(
+        "--memory", action="store_true", help="peak memory of one xpdl step against the bytes that must exist"
+    )
     return p.parse_args(argv)
 
 

@@ -18,8 +18,13 @@ ALL_BACKENDS = ("numpy", "array_api_strict", "cupy")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--backend", action="append", default=None, choices=ALL_BACKENDS,
-                     help="run backend-parameterized tests on this backend only (repeatable)")
+    parser.addoption(
+        "--backend",
+        action="append",
+        default=None,
+        choices=ALL_BACKENDS,
+        help="run backend-parameterized tests on this backend only (repeatable)",
+    )
 
 
 def selected_backends(config: pytest.Config) -> tuple[str, ...]:
@@ -88,5 +93,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
 
     if GRAD_ERRORS:
         worst = max(GRAD_ERRORS, key=lambda e: e[0])
-        terminalreporter.write_line(f"gradient checks: {len(GRAD_ERRORS)} arrays, largest relative error "
-                                    f"{worst[0]:.2e} ({worst[1]})")
+        terminalreporter.write_line(
+            f"gradient checks: {len(GRAD_ERRORS)} arrays, largest relative error {worst[0]:.2e} ({worst[1]})"
+        )

@@ -25,11 +25,13 @@ def assert_close(actual: Any, desired: Any, rtol: float | None = None, atol: flo
     """
     a = host(actual)
     if array_api_compat.is_array_api_obj(desired) and not (
-            isinstance(desired, np.ndarray) and not isinstance(actual, np.ndarray)):
+        isinstance(desired, np.ndarray) and not isinstance(actual, np.ndarray)
+    ):
         got, want = array_api_compat.array_namespace(actual), array_api_compat.array_namespace(desired)
         assert got.__name__ == want.__name__, f"namespace {got.__name__}, expected {want.__name__}"
-        assert dtype_name(actual.dtype) == dtype_name(desired.dtype), \
+        assert dtype_name(actual.dtype) == dtype_name(desired.dtype), (
             f"dtype {dtype_name(actual.dtype)}, expected {dtype_name(desired.dtype)}"
+        )
     d = host(desired) if array_api_compat.is_array_api_obj(desired) else np.asarray(desired)
     assert a.shape == d.shape, f"shape {a.shape}, expected {d.shape}"
     if rtol is None:
@@ -40,8 +42,7 @@ def assert_close(actual: Any, desired: Any, rtol: float | None = None, atol: flo
 GRAD_ERRORS: list[tuple[float, str]] = []
 
 
-def assert_grad_close(numeric: Any, analytic: Any, rel: float = 1e-7, abs_floor: float = 1e-8,
-                      what: str = "") -> float:
+def assert_grad_close(numeric: Any, analytic: Any, rel: float = 1e-7, abs_floor: float = 1e-8, what: str = "") -> float:
     """cs231n-style check: relative error below ``rel`` unless both are ~0 (absolute error below ``abs_floor``).
 
     Returns the relative error.

@@ -25,7 +25,7 @@ def synthetic(n: int, d: int, c: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, d)) * 2 + 0.5
     y = rng.integers(c, size=n)
-    return {"X_train": X[: n - 40], "y_train": y[: n - 40], "X_val": X[n - 40:], "y_val": y[n - 40:]}
+    return {"X_train": X[: n - 40], "y_train": y[: n - 40], "X_val": X[n - 40 :], "y_val": y[n - 40 :]}
 
 
 def state_of(trainer: xpdl.Trainer) -> dict:
@@ -43,18 +43,37 @@ def state_of(trainer: xpdl.Trainer) -> dict:
 
 def train(args: argparse.Namespace, comm: distributed.Communicator) -> None:
     data = synthetic(args.samples, 12, 5)
-    net = xpdl.FullyConnectedNet(input_dim=12, hidden_dims=[17, 13], num_classes=5, dropout=args.dropout,
-                                 normalization=args.normalization, reg=args.reg, weight_scale=0.3, seed=3,
-                                 dtype=args.dtype, backend=args.backend)
+    net = xpdl.FullyConnectedNet(
+        input_dim=12,
+        hidden_dims=[17, 13],
+        num_classes=5,
+        dropout=args.dropout,
+        normalization=args.normalization,
+        reg=args.reg,
+        weight_scale=0.3,
+        seed=3,
+        dtype=args.dtype,
+        backend=args.backend,
+    )
 
     def on_iteration(tr: xpdl.Trainer) -> None:
         if comm.rank == args.fail_rank and tr.t == args.fail_at:
             raise RuntimeError(f"injected failure in rank {comm.rank} at iteration {tr.t}")
 
-    trainer = xpdl.Trainer(net, data, update_rule=args.rule, updater_config={"learning_rate": 1e-2},
-                           batch_size=args.batch_size, num_epochs=args.epochs, lr_decay=0.9, verbose=False,
-                           num_train_samples=50, comm=comm, local_batchnorm=args.local_batchnorm,
-                           on_iteration=on_iteration)
+    trainer = xpdl.Trainer(
+        net,
+        data,
+        update_rule=args.rule,
+        updater_config={"learning_rate": 1e-2},
+        batch_size=args.batch_size,
+        num_epochs=args.epochs,
+        lr_decay=0.9,
+        verbose=False,
+        num_train_samples=50,
+        comm=comm,
+        local_batchnorm=args.local_batchnorm,
+        on_iteration=on_iteration,
+    )
     trainer.train()
     path = Path(args.out)
     np.savez(path.with_name(f"{path.stem}.rank{comm.rank}{path.suffix}"), **state_of(trainer))
@@ -64,12 +83,33 @@ def bench(args: argparse.Namespace, comm: distributed.Communicator) -> None:
     """ms per step of the medium net (3072-1024-1024-10, float32, batch norm, dropout 0.5, Adam) and the allreduce."""
     rng = np.random.default_rng(0)
     n = max(4096, args.batch_size * 4)
-    data = {"X_train": rng.standard_normal((n, 3072), dtype=np.float32), "y_train": rng.integers(10, size=n),
-            "X_val": np.zeros((2, 3072), np.float32), "y_val": np.zeros(2, np.int64)}
-    net = xpdl.FullyConnectedNet(input_dim=3072, hidden_dims=[1024, 1024], num_classes=10, dropout=0.5,
-                                 use_batchnorm=True, weight_scale=0.01, seed=0, dtype="float32", backend="numpy")
-    trainer = xpdl.Trainer(net, data, update_rule="adam", updater_config={"learning_rate": 1e-3},
-                           batch_size=args.batch_size, num_epochs=1, verbose=False, comm=comm)
+    data = {
+        "X_train": rng.standard_normal((n, 3072), dtype=np.float32),
+        "y_train": rng.integers(10, size=n),
+        "X_val": np.zeros((2, 3072), np.float32),
+        "y_val": np.zeros(2, np.int64),
+    }
+    net = xpdl.FullyConnectedNet(
+        input_dim=3072,
+        hidden_dims=[1024, 1024],
+        num_classes=10,
+        dropout=0.5,
+        use_batchnorm=True,
+        weight_scale=0.01,
+        seed=0,
+        dtype="float32",
+        backend="numpy",
+    )
+    trainer = xpdl.Trainer(
+        net,
+        data,
+        update_rule="adam",
+        updater_config={"learning_rate": 1e-3},
+        batch_size=args.batch_size,
+        num_epochs=1,
+        verbose=False,
+        comm=comm,
+    )
     results = []
     for _ in range(args.repeats):
         for _ in range(3):  # warm up (compilation, buffers)
@@ -84,8 +124,10 @@ def bench(args: argparse.Namespace, comm: distributed.Communicator) -> None:
     if comm.rank == 0:
         for seconds, reduce in results:
             ms = 1e3 * seconds / args.steps
-            print(f"ranks {comm.size}: {ms:.2f} ms/step, allreduce {1e3 * reduce / args.steps:.2f} ms "
-                  f"({100 * reduce / seconds:.1f}%), {args.batch_size * args.steps / seconds:,.0f} samples/s")
+            print(
+                f"ranks {comm.size}: {ms:.2f} ms/step, allreduce {1e3 * reduce / args.steps:.2f} ms "
+                f"({100 * reduce / seconds:.1f}%), {args.batch_size * args.steps / seconds:,.0f} samples/s"
+            )
 
 
 def main() -> None:

@@ -25,10 +25,15 @@ def test_default_name_comes_from_the_environment(monkeypatch):
 
 
 def test_explicit_cupy_says_why_and_how_to_install(monkeypatch):
-    monkeypatch.setattr(B, "_import_cupy", lambda: (_ for _ in ()).throw(
-        B.BackendUnavailable(f"CuPy is not installed; install it with {B.CUDA_INSTALL_HINT}")))
+    monkeypatch.setattr(
+        B,
+        "_import_cupy",
+        lambda: (_ for _ in ()).throw(
+            B.BackendUnavailable(f"CuPy is not installed; install it with {B.CUDA_INSTALL_HINT}")
+        ),
+    )
     B._CACHE.pop("cupy:7", None)
-    with pytest.raises(B.BackendUnavailable, match=r'xpdl\[cuda12\]'):
+    with pytest.raises(B.BackendUnavailable, match=r"xpdl\[cuda12\]"):
         B.get_backend("cupy:7")
 
 
@@ -53,8 +58,9 @@ def test_cupy_device_problems_are_named():
     assert "driver" in B.cuda_problem(FakeCupy, 0) and "InsufficientDriver" in B.cuda_problem(FakeCupy, 0)
 
 
-@pytest.mark.parametrize("name,error", [("tensorflow", ValueError), ("cupy:x", ValueError),
-                                        ("cupy:-1", ValueError), (3, TypeError)])
+@pytest.mark.parametrize(
+    "name,error", [("tensorflow", ValueError), ("cupy:x", ValueError), ("cupy:-1", ValueError), (3, TypeError)]
+)
 def test_bad_names_are_refused(name, error):
     with pytest.raises(error, match="backend"):
         B.get_backend(name)

@@ -17,9 +17,16 @@ from xpdl.net_checkpoint import build_model, load_checkpoint
 from xpdl.run_folder import remove_stale_temporaries
 
 MEAN = np.linspace(-1, 1, 5).astype(np.float32)
-META = {"settings": {"lr": 0.01, "hidden_dims": [6, 7]},
-        "preprocessing": {"dataset": "digits", "scale": 16.0, "mean_image": MEAN, "image_shape": [1, 5, 1],
-                          "classes": ["a", "b", "c"]}}
+META = {
+    "settings": {"lr": 0.01, "hidden_dims": [6, 7]},
+    "preprocessing": {
+        "dataset": "digits",
+        "scale": 16.0,
+        "mean_image": MEAN,
+        "image_shape": [1, 5, 1],
+        "classes": ["a", "b", "c"],
+    },
+}
 
 
 def make(backend="numpy", num_epochs=2, **kw):
@@ -28,10 +35,28 @@ def make(backend="numpy", num_epochs=2, **kw):
     y = rng.integers(3, size=70)
     X = (rng.standard_normal((3, 5)) * 2)[y] + rng.standard_normal((70, 5))
     data = {"X_train": X[:50], "y_train": y[:50], "X_val": X[50:], "y_val": y[50:]}
-    net = xpdl.FullyConnectedNet(input_dim=5, hidden_dims=[6, 7], num_classes=3, dropout=0.7, use_batchnorm=True,
-                                 weight_scale=0.3, seed=1, backend=backend)
-    return xpdl.Trainer(net, data, update_rule="adam", updater_config={"learning_rate": 1e-2}, lr_decay=0.9,
-                        batch_size=8, num_epochs=num_epochs, verbose=False, seed=3, **kw)
+    net = xpdl.FullyConnectedNet(
+        input_dim=5,
+        hidden_dims=[6, 7],
+        num_classes=3,
+        dropout=0.7,
+        use_batchnorm=True,
+        weight_scale=0.3,
+        seed=1,
+        backend=backend,
+    )
+    return xpdl.Trainer(
+        net,
+        data,
+        update_rule="adam",
+        updater_config={"learning_rate": 1e-2},
+        lr_decay=0.9,
+        batch_size=8,
+        num_epochs=num_epochs,
+        verbose=False,
+        seed=3,
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -106,8 +131,9 @@ def test_training_continues_on_another_backend(saved, backend):
 
 def test_model_file_holds_the_best_weights(saved, tmp_path):
     tr, _ = saved
-    path = save_model(tmp_path / "best.npz", tr.model, {**META, "info": {"best_val_acc": tr.best_val_acc}},
-                      arrays=tr.best_state)
+    path = save_model(
+        tmp_path / "best.npz", tr.model, {**META, "info": {"best_val_acc": tr.best_val_acc}}, arrays=tr.best_state
+    )
     ck = load_checkpoint(path)
     assert ck["kind"] == "model" and ck["info"]["best_val_acc"] == tr.best_val_acc
     X = np.random.default_rng(6).standard_normal((30, 5))
@@ -120,9 +146,17 @@ def test_update_rule_mismatch_is_refused(saved):
     _, path = saved
     rng = np.random.default_rng(0)
     tr = make()
-    sgd = xpdl.Trainer(tr.model, {"X_train": rng.standard_normal((8, 5)), "y_train": np.zeros(8, int),
-                                  "X_val": rng.standard_normal((4, 5)), "y_val": np.zeros(4, int)},
-                       update_rule="sgd", verbose=False)
+    sgd = xpdl.Trainer(
+        tr.model,
+        {
+            "X_train": rng.standard_normal((8, 5)),
+            "y_train": np.zeros(8, int),
+            "X_val": rng.standard_normal((4, 5)),
+            "y_val": np.zeros(4, int),
+        },
+        update_rule="sgd",
+        verbose=False,
+    )
     with pytest.raises(CheckpointError, match="update rule 'adam'"):
         restore_trainer(load_checkpoint(path), sgd)
 

@@ -52,8 +52,13 @@ def test_train_writes_a_run_folder(tmp_path, capsys):
     code, out, _ = run_main(capsys, "train", *SMALL, "--out", str(tmp_path / "r"))
     assert code == 0
     folder = tmp_path / "r"
-    assert sorted(p.name for p in folder.iterdir()) == ["best.npz", "checkpoint.npz", "curves.png", "history.json",
-                                                         "weights.png"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "best.npz",
+        "checkpoint.npz",
+        "curves.png",
+        "history.json",
+        "weights.png",
+    ]
     assert (folder / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = json.loads((folder / "history.json").read_text())
     ipe = history["iterations_per_epoch"]
@@ -92,19 +97,22 @@ def test_out_folder_holding_a_run_is_refused(small_run, capsys):
     assert code == 2 and "--out" in err and "--resume" in err
 
 
-@pytest.mark.parametrize(("argv", "words"), [
-    (["--hidden-dims", "25x"], ["--hidden-dims", "positive integers", "'25x'"]),
-    (["--dropout", "1.5"], ["--dropout", "keep probability", "'1.5'"]),
-    (["--epochs", "0"], ["--epochs", "positive integer", "'0'"]),
-    (["--batch-size", "many"], ["--batch-size", "positive integer", "'many'"]),
-    (["--lr", "-1"], ["--lr", "> 0", "'-1'"]),
-    (["--reg", "nan"], ["--reg", "finite", "'nan'"]),
-    (["--data", "imagenet"], ["--data", "invalid choice", "'imagenet'", "digits"]),
-    (["--update-rule", "lion"], ["--update-rule", "'lion'", "adam"]),
-    (["--backend", "tpu"], ["--backend", "numpy", "'tpu'"]),
-    (["--dtype", "float16"], ["--dtype", "'float16'", "float32"]),
-    (["--checkpoint-every", "-3"], ["--checkpoint-every", "positive integer"]),
-])
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--hidden-dims", "25x"], ["--hidden-dims", "positive integers", "'25x'"]),
+        (["--dropout", "1.5"], ["--dropout", "keep probability", "'1.5'"]),
+        (["--epochs", "0"], ["--epochs", "positive integer", "'0'"]),
+        (["--batch-size", "many"], ["--batch-size", "positive integer", "'many'"]),
+        (["--lr", "-1"], ["--lr", "> 0", "'-1'"]),
+        (["--reg", "nan"], ["--reg", "finite", "'nan'"]),
+        (["--data", "imagenet"], ["--data", "invalid choice", "'imagenet'", "digits"]),
+        (["--update-rule", "lion"], ["--update-rule", "'lion'", "adam"]),
+        (["--backend", "tpu"], ["--backend", "numpy", "'tpu'"]),
+        (["--dtype", "float16"], ["--dtype", "'float16'", "float32"]),
+        (["--checkpoint-every", "-3"], ["--checkpoint-every", "positive integer"]),
+    ],
+)
 def test_bad_train_arguments_name_the_option(capsys, argv, words):
     code, _, err = run_main(capsys, "train", *argv)
     assert code == 2
@@ -161,7 +169,7 @@ def evaluate_numbers(out: str) -> tuple[str, np.ndarray]:
     lines = out.strip().splitlines()
     acc_line = next(line for line in lines if line.startswith("test accuracy"))
     start = next(i for i, line in enumerate(lines) if line.startswith("true \\ pred"))
-    matrix = np.array([[int(v) for v in line.split()[1:]] for line in lines[start + 1:start + 11]])
+    matrix = np.array([[int(v) for v in line.split()[1:]] for line in lines[start + 1 : start + 11]])
     return acc_line, matrix
 
 
@@ -189,11 +197,14 @@ def test_evaluate_a_checkpoint_file(small_run, capsys):
     assert code == 0 and "test accuracy on digits" in out
 
 
-@pytest.mark.parametrize(("argv", "words"), [
-    (["{missing}"], ["no such run folder or checkpoint file"]),
-    (["{run}", "--data", "mnist", "--data-dir", "{missing}"], ["MNIST", "not found"]),
-    (["{run}", "--backend", "gpu"], ["--backend", "'gpu'"]),
-])
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["{missing}"], ["no such run folder or checkpoint file"]),
+        (["{run}", "--data", "mnist", "--data-dir", "{missing}"], ["MNIST", "not found"]),
+        (["{run}", "--backend", "gpu"], ["--backend", "'gpu'"]),
+    ],
+)
 def test_evaluate_errors_are_clean(small_run, tmp_path, capsys, argv, words):
     argv = [a.format(run=small_run, missing=tmp_path / "missing") for a in argv]
     code, _, err = run_main(capsys, "evaluate", *argv)
@@ -254,16 +265,29 @@ def test_progress_lines_one_per_epoch():
 
 
 def test_python_dash_m_xpdl_runs_the_tool():
-    result = subprocess.run([sys.executable, "-m", "xpdl", "--help"], capture_output=True, text=True, cwd=REPO,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "xpdl", "--help"], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
     assert result.returncode == 0 and "{train,evaluate,info}" in result.stdout
 
 
 # ------------------------------------------------------------------ normalization and AdamW
 def test_layer_norm_and_adamw_runs_resume_exactly(tmp_path, capsys):
     """--normalization layernorm --update-rule adamw: 1 epoch + resume to 2 equals 2 epochs at once."""
-    opts = ["train", "--hidden-dims", "16,12", "--backend", "numpy", "--normalization", "layernorm",
-            "--update-rule", "adamw", "--weight-decay", "0.05", "--quiet"]
+    opts = [
+        "train",
+        "--hidden-dims",
+        "16,12",
+        "--backend",
+        "numpy",
+        "--normalization",
+        "layernorm",
+        "--update-rule",
+        "adamw",
+        "--weight-decay",
+        "0.05",
+        "--quiet",
+    ]
     assert run_main(capsys, *opts, "--epochs", "2", "--out", str(tmp_path / "whole"))[0] == 0
     assert run_main(capsys, *opts, "--epochs", "1", "--out", str(tmp_path / "part"))[0] == 0
     assert run_main(capsys, "train", "--resume", str(tmp_path / "part"), "--epochs", "2", "--quiet")[0] == 0
@@ -277,11 +301,14 @@ def test_layer_norm_and_adamw_runs_resume_exactly(tmp_path, capsys):
     assert net.normalization == "layernorm" and not net.bn_params
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["--weight-decay", "0.1"], "--weight-decay: only --update-rule adamw decays weights, got --update-rule adam"),
-    (["--batchnorm", "--normalization", "layernorm"], "--batchnorm contradicts --normalization layernorm"),
-    (["--normalization", "groupnorm"], "--normalization: invalid choice: 'groupnorm'"),
-])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--weight-decay", "0.1"], "--weight-decay: only --update-rule adamw decays weights, got --update-rule adam"),
+        (["--batchnorm", "--normalization", "layernorm"], "--batchnorm contradicts --normalization layernorm"),
+        (["--normalization", "groupnorm"], "--normalization: invalid choice: 'groupnorm'"),
+    ],
+)
 def test_normalization_and_weight_decay_mistakes_are_one_line(tmp_path, capsys, argv, match):
     code, out, err = run_main(capsys, "train", *SMALL, "--out", str(tmp_path / "r"), *argv)
     assert code == 2 and match in err and len(err.strip().splitlines()) == 1
@@ -295,9 +322,14 @@ def test_no_batchnorm_is_the_seed_spelling_of_normalization_none(tmp_path, capsy
 
 def test_a_closed_output_pipe_ends_quietly(small_run):
     """``xpdl evaluate RUN | head -1``: no BrokenPipeError traceback when the reader goes away."""
-    proc = subprocess.Popen([sys.executable, "-m", "xpdl", "evaluate", str(small_run)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "XPDL_QUIET": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xpdl", "evaluate", str(small_run)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "XPDL_QUIET": "1"},
+    )
     proc.stdout.close()  # the reader goes away before anything is printed
     err = proc.stderr.read()
     proc.stderr.close()

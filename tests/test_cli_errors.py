@@ -121,8 +121,11 @@ def test_a_real_full_disk(tmp_path, capsys):
     """ENOSPC from a 64 KB tmpfs (needs root and mount; the injected tests above cover other machines)."""
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("mounting a tiny tmpfs needs root and the mount command")
     try:
         code, _, err = run_main(capsys, "train", *SMALL, "--hidden-dims", "256,256", "--out", str(mnt / "run"))
@@ -146,8 +149,10 @@ def test_two_runs_started_together_on_one_folder_cannot_both_win(tmp_path):
     path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "XPDL_QUIET": "1", "PYTHONPATH": path}
     argv = [sys.executable, "-m", "xpdl", "train", *SMALL, "--out", "same"]
-    procs = [subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     results = [(p.wait(timeout=120), p.communicate()[1]) for p in procs]
     assert sorted(code for code, _ in results) == [0, 2], results
     (err,) = [err for code, err in results if code == 2]
@@ -176,6 +181,7 @@ def small_digits(n: int):
     def load(name, data_dir, download):
         raw = load_raw("digits")
         return {**raw, "X_train": raw["X_train"][:n], "y_train": raw["y_train"][:n]}
+
     return load
 
 
@@ -204,8 +210,11 @@ def test_evaluate_on_data_with_another_feature_count(tmp_path, capsys, monkeypat
     assert run_main(capsys, "train", *SMALL, "--epochs", "1", "--out", "run")[0] == 0
 
     def mnist_like(name, data_dir, download):
-        return {"X_test": np.zeros((3, 28, 28), np.uint8), "y_test": np.zeros(3, np.int64),
-                "classes": tuple("0123456789")}
+        return {
+            "X_test": np.zeros((3, 28, 28), np.uint8),
+            "y_test": np.zeros(3, np.int64),
+            "classes": tuple("0123456789"),
+        }
 
     monkeypatch.setattr(cli, "load_raw", mnist_like)
     code, _, err = run_main(capsys, "evaluate", "run", "--data", "mnist")
@@ -286,8 +295,20 @@ def test_ctrl_c_after_a_checkpoint_says_resume_and_resume_works(tmp_path, capsys
 
 
 def test_a_diverged_run_keeps_its_history_and_curves_and_prints_no_warnings(tmp_path, capsys):
-    code, _, err = run_main(capsys, "train", *SMALL, "--update-rule", "sgd", "--lr", "1e8", "--no-batchnorm",
-                            "--dropout", "0", "--out", "run")
+    code, _, err = run_main(
+        capsys,
+        "train",
+        *SMALL,
+        "--update-rule",
+        "sgd",
+        "--lr",
+        "1e8",
+        "--no-batchnorm",
+        "--dropout",
+        "0",
+        "--out",
+        "run",
+    )
     assert code == 1 and err.count("\n") == 1 and err.startswith("xpdl train: training diverged: loss became nan")
     assert "Warning" not in err
     assert {"history.json", "curves.png"} <= set(listing(tmp_path / "run"))
@@ -297,8 +318,20 @@ def test_a_diverged_run_keeps_its_history_and_curves_and_prints_no_warnings(tmp_
 
 # ------------------------------------------------------------------ what is printed
 def test_header_describes_the_net_it_trains(capsys):
-    code, out, _ = run_main(capsys, "train", "--hidden-dims", "none", "--epochs", "1", "--backend", "numpy",
-                            "--out", "r", "--batch-size", "5000")
+    code, out, _ = run_main(
+        capsys,
+        "train",
+        "--hidden-dims",
+        "none",
+        "--epochs",
+        "1",
+        "--backend",
+        "numpy",
+        "--out",
+        "r",
+        "--batch-size",
+        "5000",
+    )
     lines = out.splitlines()
     assert code == 0 and lines[1].startswith("net 64-10, float32; adam")
     assert "batch 1137 (all 1137 training images; --batch-size 5000), 1 epoch x 1 iteration" in lines[1]
@@ -313,16 +346,23 @@ def test_samples_per_second_count_the_batch_actually_used(tmp_path, capsys, monk
         return 2.0
 
     monkeypatch.setattr(cli, "train_with_progress", two_seconds)
-    code, out, _ = run_main(capsys, "train", *SMALL[:-1], "--hidden-dims", "none", "--epochs", "1",
-                            "--batch-size", "5000", "--out", "r")
+    code, out, _ = run_main(
+        capsys, "train", *SMALL[:-1], "--hidden-dims", "none", "--epochs", "1", "--batch-size", "5000", "--out", "r"
+    )
     assert code == 0 and "1 iteration in 2.0 s (568 samples/s)" in out  # 1137 / 2 s
 
 
 def test_quiet_prints_no_backend_note(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("XPDL_QUIET", "XPDL_BACKEND")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-    result = subprocess.run([sys.executable, "-m", "xpdl", "train", "--hidden-dims", "8", "--epochs", "1", "--quiet",
-                             "--out", "r"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "xpdl", "train", "--hidden-dims", "8", "--epochs", "1", "--quiet", "--out", "r"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert len(result.stdout.splitlines()) == 1
 

@@ -28,10 +28,12 @@ CTYPE = {"float64": "double"}
 
 
 def philox_source() -> str:
-    return (PRELUDE + 'extern "C" void philox(unsigned long long ctr0, unsigned long long ctr1, '
-            "unsigned long long ctr2, unsigned long long ctr3, unsigned long long key0, unsigned long long key1, "
-            "long long count, unsigned int* out, long long blocks) {\n"
-            "for (long long i = 0; i < blocks; ++i) {\n" + cuda_kernels._PHILOX_BODY + "}\n}\n")
+    return (
+        PRELUDE + 'extern "C" void philox(unsigned long long ctr0, unsigned long long ctr1, '
+        "unsigned long long ctr2, unsigned long long ctr3, unsigned long long key0, unsigned long long key1, "
+        "long long count, unsigned int* out, long long blocks) {\n"
+        "for (long long i = 0; i < blocks; ++i) {\n" + cuda_kernels._PHILOX_BODY + "}\n}\n"
+    )
 
 
 def update_source(rule: str) -> str:
@@ -67,23 +69,34 @@ def ptr(a: np.ndarray) -> ctypes.c_void_p:
     return ctypes.c_void_p(a.ctypes.data)
 
 
-@pytest.mark.parametrize("key,counter,n", [(0, 0, 1), (5, 0, 8), (123456789, 77, 1001),
-                                           (2**127 + 3, 2**64 - 2, 40), (9, 2**192 - 1, 17)])
+@pytest.mark.parametrize(
+    "key,counter,n", [(0, 0, 1), (5, 0, 8), (123456789, 77, 1001), (2**127 + 3, 2**64 - 2, 40), (9, 2**192 - 1, 17)]
+)
 def test_philox_kernel_source_reproduces_numpy_stream(tmp_path, key, counter, n):
     lib = build(tmp_path, "philox", philox_source())
     blocks = -(-n // 8)
     out = np.zeros(n, np.uint32)
     m64 = 2**64 - 1
     ctr = [ctypes.c_ulonglong((counter >> (64 * k)) & m64) for k in range(4)]
-    lib.philox(*ctr, ctypes.c_ulonglong(key & m64), ctypes.c_ulonglong(key >> 64), ctypes.c_longlong(n),
-               ptr(out), ctypes.c_longlong(blocks))
+    lib.philox(
+        *ctr,
+        ctypes.c_ulonglong(key & m64),
+        ctypes.c_ulonglong(key >> 64),
+        ctypes.c_longlong(n),
+        ptr(out),
+        ctypes.c_longlong(blocks),
+    )
     raw = np.random.Philox(key=key, counter=counter).random_raw(blocks * 4)
     assert np.array_equal(out, raw.view(np.uint32)[:n])
 
 
-HYPER = {"adam": {"learning_rate": 1e-2, "t": 5}, "adamw": {"learning_rate": 1e-2, "t": 5, "weight_decay": 0.1},
-         "sgd": {"learning_rate": 0.1}, "sgd_momentum": {"learning_rate": 1e-2, "momentum": 0.8},
-         "rmsprop": {"learning_rate": 1e-2, "decay_rate": 0.95}}
+HYPER = {
+    "adam": {"learning_rate": 1e-2, "t": 5},
+    "adamw": {"learning_rate": 1e-2, "t": 5, "weight_decay": 0.1},
+    "sgd": {"learning_rate": 0.1},
+    "sgd_momentum": {"learning_rate": 1e-2, "momentum": 0.8},
+    "rmsprop": {"learning_rate": 1e-2, "decay_rate": 0.95},
+}
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

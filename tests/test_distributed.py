@@ -50,8 +50,7 @@ needs_mpi = pytest.mark.skipif(bool(MPI_WHY), reason=f"needs mpi4py and mpiexec:
 
 def environment() -> dict[str, str]:
     path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-    return {**os.environ, "XPDL_QUIET": "1", "PYTHONPATH": path, "OMP_NUM_THREADS": "1",
-            "OPENBLAS_NUM_THREADS": "1"}
+    return {**os.environ, "XPDL_QUIET": "1", "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
 def mpiexec(n: int) -> list[str]:
@@ -117,22 +116,42 @@ def test_local_batchnorm_runs_and_keeps_the_ranks_identical(tmp_path):
 @needs_mpi
 def test_an_exception_in_one_rank_aborts_the_job(tmp_path):
     start = time.monotonic()
-    result = run([*mpiexec(2), sys.executable, str(DRIVER), "fail.npz", "--fail-rank", "1", "--fail-at", "3",
-                  "--epochs", "50"], tmp_path, timeout=60)
+    result = run(
+        [*mpiexec(2), sys.executable, str(DRIVER), "fail.npz", "--fail-rank", "1", "--fail-at", "3", "--epochs", "50"],
+        tmp_path,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "rank 1 of 2 failed" in result.stderr and "injected failure in rank 1 at iteration 3" in result.stderr
     assert time.monotonic() - start < 30
     assert not list(tmp_path.glob("fail.rank*.npz"))
 
 
-CLI_SETTINGS = ["--hidden-dims", "24,24", "--batch-size", "32", "--backend", "numpy", "--dtype", "float64",
-                "--checkpoint-every", "4", "--quiet"]
+CLI_SETTINGS = [
+    "--hidden-dims",
+    "24,24",
+    "--batch-size",
+    "32",
+    "--backend",
+    "numpy",
+    "--dtype",
+    "float64",
+    "--checkpoint-every",
+    "4",
+    "--quiet",
+]
 
 
 def xpdl_process(argv: list[str], cwd: Path, ranks: int = 0) -> subprocess.Popen:
     prefix = mpiexec(ranks) if ranks else []
-    return subprocess.Popen([*prefix, sys.executable, "-m", "xpdl", "train", *argv], cwd=cwd, env=environment(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [*prefix, sys.executable, "-m", "xpdl", "train", *argv],
+        cwd=cwd,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def rank_pid(rank: int, marker: str, timeout: float = 30) -> int:
@@ -147,8 +166,11 @@ def rank_pid(rank: int, marker: str, timeout: float = 30) -> int:
                 env = (entry / "environ").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if marker.encode() in cmdline and b"-m\0xpdl" in cmdline and \
-                    any(v in env for v in (f"PMI_RANK={rank}".encode(), f"OMPI_COMM_WORLD_RANK={rank}".encode())):
+            if (
+                marker.encode() in cmdline
+                and b"-m\0xpdl" in cmdline
+                and any(v in env for v in (f"PMI_RANK={rank}".encode(), f"OMPI_COMM_WORLD_RANK={rank}".encode()))
+            ):
                 return int(entry.name)
         time.sleep(0.02)
     raise AssertionError(f"no process of rank {rank} running {marker}")
@@ -168,8 +190,7 @@ def checkpoint_arrays(path: Path) -> dict[str, np.ndarray]:
         arrays = {k: f[k] for k in f.files if k != "meta.json"}
     ckpt = load_checkpoint(path)
     kept = {k: v for k, v in ckpt.get("history", {}).items() if k != "time_history"}
-    arrays["history"] = np.asarray(json.dumps([kept, ckpt.get("counters", {}).get("t"), ckpt.get("rng")],
-                                              default=str))
+    arrays["history"] = np.asarray(json.dumps([kept, ckpt.get("counters", {}).get("t"), ckpt.get("rng")], default=str))
     return arrays
 
 
@@ -189,8 +210,7 @@ def test_a_killed_rank_ends_the_job_and_the_resumed_run_is_bit_identical(tmp_pat
     assert load_checkpoint(tmp_path / "killed" / "checkpoint.npz")["counters"]["t"] < 8 * 35
     assert whole.wait(timeout=120) == 0, whole.communicate()[1]
 
-    resumed = run([sys.executable, "-m", "xpdl", "train", "--resume", "killed", "--nproc", "2", "--quiet"],
-                  tmp_path)
+    resumed = run([sys.executable, "-m", "xpdl", "train", "--resume", "killed", "--nproc", "2", "--quiet"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     for name in ("checkpoint.npz", "best.npz"):
         assert_states_equal(checkpoint_arrays(tmp_path / "killed" / name), checkpoint_arrays(tmp_path / "whole" / name))
@@ -198,9 +218,14 @@ def test_a_killed_rank_ends_the_job_and_the_resumed_run_is_bit_identical(tmp_pat
 
 @needs_mpi
 def test_ctrl_c_to_the_launcher_stops_every_rank_and_says_how_to_resume(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "xpdl", "train", "--nproc", "2", *CLI_SETTINGS, "--epochs", "500",
-                             "--out", "run"], cwd=tmp_path, env=environment(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xpdl", "train", "--nproc", "2", *CLI_SETTINGS, "--epochs", "500", "--out", "run"],
+        cwd=tmp_path,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(tmp_path / "run" / "checkpoint.npz", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
@@ -270,8 +295,9 @@ def test_without_a_launcher_init_gives_one_process(monkeypatch):
 def test_trainer_refuses_a_foreign_comm_and_too_small_batches():
     X = np.zeros((10, 4))
     data = {"X_train": X, "y_train": np.zeros(10, np.int64), "X_val": X, "y_val": np.zeros(10, np.int64)}
-    net = xpdl.FullyConnectedNet(input_dim=4, hidden_dims=[3], num_classes=2, use_batchnorm=True,
-                                 backend=get_backend("numpy"))
+    net = xpdl.FullyConnectedNet(
+        input_dim=4, hidden_dims=[3], num_classes=2, use_batchnorm=True, backend=get_backend("numpy")
+    )
     with pytest.raises(TypeError, match="comm"):
         xpdl.Trainer(net, data, comm="world")
 

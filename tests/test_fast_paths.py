@@ -19,8 +19,15 @@ from xpdl.backend import get_backend, probe_cupy
 TOL = {"float64": 1e-12, "float32": 1e-5}
 _CUPY_WHY = probe_cupy(0)
 needs_cupy = pytest.mark.skipif(bool(_CUPY_WHY), reason=f"needs a working CUDA device with CuPy: {_CUPY_WHY}")
-CASES = [(None, 0.7, 0.05), (None, 0, 0.0), ("batchnorm", 0.6, 0.0), ("batchnorm", 0, 0.05), ("batchnorm", 1.0, 0.0),
-         ("layernorm", 0.6, 0.05), ("layernorm", 0, 0.0)]
+CASES = [
+    (None, 0.7, 0.05),
+    (None, 0, 0.0),
+    ("batchnorm", 0.6, 0.0),
+    ("batchnorm", 0, 0.05),
+    ("batchnorm", 1.0, 0.0),
+    ("layernorm", 0.6, 0.05),
+    ("layernorm", 0, 0.0),
+]
 
 
 def data(n=40, d=9, c=4):
@@ -35,12 +42,28 @@ def pair(backend_name, dtype, rule, normalization, dropout, reg, hidden=(13, 11)
     fast_backend = get_backend(backend_name)
     out = []
     for backend in (fast_backend, fast_backend.reference()):
-        net = xpdl.FullyConnectedNet(input_dim=9, hidden_dims=list(hidden), num_classes=4, dropout=dropout,
-                                     normalization=normalization, reg=reg, weight_scale=0.3, seed=7, dtype=dtype,
-                                     backend=backend)
-        out.append(xpdl.Trainer(net, {"X_train": X, "y_train": y, "X_val": X[:10], "y_val": y[:10]},
-                                update_rule=rule, updater_config={"learning_rate": 1e-2}, batch_size=20,
-                                verbose=False))
+        net = xpdl.FullyConnectedNet(
+            input_dim=9,
+            hidden_dims=list(hidden),
+            num_classes=4,
+            dropout=dropout,
+            normalization=normalization,
+            reg=reg,
+            weight_scale=0.3,
+            seed=7,
+            dtype=dtype,
+            backend=backend,
+        )
+        out.append(
+            xpdl.Trainer(
+                net,
+                {"X_train": X, "y_train": y, "X_val": X[:10], "y_val": y[:10]},
+                update_rule=rule,
+                updater_config={"learning_rate": 1e-2},
+                batch_size=20,
+                verbose=False,
+            )
+        )
     return out
 
 
@@ -77,9 +100,19 @@ def test_numpy_compiled_step_handles_one_hidden_layer_and_changing_batch_sizes(n
 
 def test_loss_and_grads_without_buffers_returns_fresh_arrays_equal_to_the_reference():
     X, y = data()
-    nets = [xpdl.FullyConnectedNet(input_dim=9, hidden_dims=[5], num_classes=4, normalization="layernorm",
-                                   dropout=0.5, seed=3, dtype="float64", backend=b)
-            for b in (get_backend("numpy"), get_backend("numpy").reference())]
+    nets = [
+        xpdl.FullyConnectedNet(
+            input_dim=9,
+            hidden_dims=[5],
+            num_classes=4,
+            normalization="layernorm",
+            dropout=0.5,
+            seed=3,
+            dtype="float64",
+            backend=b,
+        )
+        for b in (get_backend("numpy"), get_backend("numpy").reference())
+    ]
     (loss_a, grads_a), (loss_b, grads_b) = (n.loss(X, y) for n in nets)
     again, _ = nets[0].loss(X, y)
     assert float(loss_a) == pytest.approx(float(loss_b), rel=1e-12)
@@ -175,14 +208,27 @@ def test_synchronized_batchnorm_path_equals_the_fused_kernels(namespace, dropout
     X, y = data()
     results = []
     for comm in (None, OneOfTwoRanks()):
-        net = xpdl.FullyConnectedNet(input_dim=9, hidden_dims=[13, 11], num_classes=4, dropout=dropout,
-                                     use_batchnorm=True, weight_scale=0.3, seed=7, dtype="float64",
-                                     backend=namespace)
+        net = xpdl.FullyConnectedNet(
+            input_dim=9,
+            hidden_dims=[13, 11],
+            num_classes=4,
+            dropout=dropout,
+            use_batchnorm=True,
+            weight_scale=0.3,
+            seed=7,
+            dtype="float64",
+            backend=namespace,
+        )
         for bn in net.bn_params:
             bn["comm"] = comm
         loss, grads = net.loss(X, y)
-        results.append((float(loss), {k: host(v).copy() for k, v in grads.items()},
-                        {k: host(v).copy() for k, v in net.state_arrays().items()}))
+        results.append(
+            (
+                float(loss),
+                {k: host(v).copy() for k, v in grads.items()},
+                {k: host(v).copy() for k, v in net.state_arrays().items()},
+            )
+        )
         if comm is not None:
             assert comm.calls == 2 * 3  # per hidden layer: two sums forward, one backward
     (loss_a, grads_a, state_a), (loss_b, grads_b, state_b) = results

@@ -11,8 +11,18 @@ from xpdl.gradient_check import eval_numerical_gradient
 
 
 def small_net(backend, **kw):
-    args = dict(input_dim=6, hidden_dims=[7, 8], num_classes=3, dropout=0.7, use_batchnorm=True,
-                reg=0.1, weight_scale=5e-2, seed=1, dtype="float64", backend=backend)
+    args = dict(
+        input_dim=6,
+        hidden_dims=[7, 8],
+        num_classes=3,
+        dropout=0.7,
+        use_batchnorm=True,
+        reg=0.1,
+        weight_scale=5e-2,
+        seed=1,
+        dtype="float64",
+        backend=backend,
+    )
     args.update(kw)
     return xpdl.FullyConnectedNet(**args)
 
@@ -43,8 +53,11 @@ def test_bias_gamma_beta_are_vectors(backend):
     net = small_net(backend)
     for i in (1, 2):
         assert tuple(net.params[f"b{i}"].shape) == (7 if i == 1 else 8,)
-        assert tuple(net.params[f"gamma{i}"].shape) == tuple(net.params[f"beta{i}"].shape) == tuple(
-            net.params[f"b{i}"].shape)
+        assert (
+            tuple(net.params[f"gamma{i}"].shape)
+            == tuple(net.params[f"beta{i}"].shape)
+            == tuple(net.params[f"b{i}"].shape)
+        )
     assert tuple(net.params["b3"].shape) == (3,)
 
 
@@ -97,12 +110,15 @@ def test_wrong_feature_count_is_refused_before_state_changes(backend):
     assert float(np.abs(host(net.bn_params[0]["running_mean"])).sum()) == 0
 
 
-@pytest.mark.parametrize("y,error,match", [
-    (np.array([0.0, 1.0, 2.0, 1.0, 0.0]), TypeError, "integer class labels"),
-    (np.array([0, 1, 3, 1, 0]), ValueError, r"labels in \[0, 3\)"),
-    (np.array([0, -1, 2, 1, 0]), ValueError, r"labels in \[0, 3\)"),
-    (np.array([0, 1, 2]), ValueError, r"shape \(5,\)"),
-])
+@pytest.mark.parametrize(
+    "y,error,match",
+    [
+        (np.array([0.0, 1.0, 2.0, 1.0, 0.0]), TypeError, "integer class labels"),
+        (np.array([0, 1, 3, 1, 0]), ValueError, r"labels in \[0, 3\)"),
+        (np.array([0, -1, 2, 1, 0]), ValueError, r"labels in \[0, 3\)"),
+        (np.array([0, 1, 2]), ValueError, r"shape \(5,\)"),
+    ],
+)
 def test_bad_labels_are_refused_before_state_changes(backend, y, error, match):
     X, _ = small_data()
     net = small_net(backend)
@@ -142,27 +158,36 @@ def test_dropout_zero_means_no_dropout_and_p_is_keep_probability(backend):
     assert small_net(backend, dropout=0.25).dropout_param["p"] == 0.25
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"dtype": "int32"}, "dtype"), ({"dropout": 1.5}, r"dropout_param\['p'\]"),
-    ({"hidden_dims": 5}, "hidden_dims"), ({"input_dim": 0}, "input_dim"), ({"reg": -1}, "reg"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"dtype": "int32"}, "dtype"),
+        ({"dropout": 1.5}, r"dropout_param\['p'\]"),
+        ({"hidden_dims": 5}, "hidden_dims"),
+        ({"input_dim": 0}, "input_dim"),
+        ({"reg": -1}, "reg"),
+    ],
+)
 def test_bad_constructor_arguments_are_refused(kw, match):
     with pytest.raises((TypeError, ValueError), match=match):
         small_net("numpy", **kw)
 
 
-@pytest.mark.parametrize("kw,error,match", [
-    ({"weight_scale": -1}, ValueError, "weight_scale: expected a finite number > 0, got -1.0"),
-    ({"weight_scale": 0}, ValueError, "weight_scale: expected a finite number > 0, got 0.0"),
-    ({"weight_scale": "0.1"}, TypeError, "weight_scale: expected a number, got '0.1'"),
-    ({"reg": float("nan")}, ValueError, "reg: expected a finite number, got nan"),
-    ({"reg": -0.1}, ValueError, r"reg: expected a finite number >= 0, got -0.1"),
-    ({"dropout": 1.5}, ValueError, r"dropout_param\['p'\]: expected a keep probability in \(0, 1\], got 1.5"),
-    ({"hidden_dims": 5}, TypeError, "hidden_dims: expected a list of positive ints, got 5"),
-    ({"hidden_dims": [4, 0]}, ValueError, r"hidden_dims\[\]: expected a positive int, got 0"),
-    ({"input_dim": 1e12}, ValueError, "input_dim: expected a positive int, got 1000000000000.0"),
-    ({"dtype": "float16"}, ValueError, r"dtype: expected one of \('float32', 'float64'\), got 'float16'"),
-])
+@pytest.mark.parametrize(
+    "kw,error,match",
+    [
+        ({"weight_scale": -1}, ValueError, "weight_scale: expected a finite number > 0, got -1.0"),
+        ({"weight_scale": 0}, ValueError, "weight_scale: expected a finite number > 0, got 0.0"),
+        ({"weight_scale": "0.1"}, TypeError, "weight_scale: expected a number, got '0.1'"),
+        ({"reg": float("nan")}, ValueError, "reg: expected a finite number, got nan"),
+        ({"reg": -0.1}, ValueError, r"reg: expected a finite number >= 0, got -0.1"),
+        ({"dropout": 1.5}, ValueError, r"dropout_param\['p'\]: expected a keep probability in \(0, 1\], got 1.5"),
+        ({"hidden_dims": 5}, TypeError, "hidden_dims: expected a list of positive ints, got 5"),
+        ({"hidden_dims": [4, 0]}, ValueError, r"hidden_dims\[\]: expected a positive int, got 0"),
+        ({"input_dim": 1e12}, ValueError, "input_dim: expected a positive int, got 1000000000000.0"),
+        ({"dtype": "float16"}, ValueError, r"dtype: expected one of \('float32', 'float64'\), got 'float16'"),
+    ],
+)
 def test_nonsense_arguments_are_refused_naming_the_argument(backend, kw, error, match):
     with pytest.raises(error, match=match):
         small_net(backend, **kw)

@@ -19,9 +19,16 @@ from xpdl import checkpoint, cli
 from xpdl.checkpoint import CheckpointError, save_checkpoint
 from xpdl.net_checkpoint import load_checkpoint
 
-META = {"settings": {**cli.DEFAULTS, "hidden_dims": [6, 7]},
-        "preprocessing": {"dataset": "digits", "scale": 16.0, "mean_image": np.zeros(5, np.float32),
-                          "image_shape": [1, 5, 1], "classes": ["a", "b", "c"]}}
+META = {
+    "settings": {**cli.DEFAULTS, "hidden_dims": [6, 7]},
+    "preprocessing": {
+        "dataset": "digits",
+        "scale": 16.0,
+        "mean_image": np.zeros(5, np.float32),
+        "image_shape": [1, 5, 1],
+        "classes": ["a", "b", "c"],
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +36,17 @@ def good_bytes(tmp_path_factory) -> bytes:
     """A valid training checkpoint (adam, batch norm, 5-6-7-3) as bytes."""
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((40, 5)), rng.integers(3, size=40)
-    net = xpdl.FullyConnectedNet(input_dim=5, hidden_dims=[6, 7], num_classes=3, use_batchnorm=True, seed=0,
-                                 backend="numpy")
-    tr = xpdl.Trainer(net, {"X_train": X[:30], "y_train": y[:30], "X_val": X[30:], "y_val": y[30:]},
-                      update_rule="adam", batch_size=10, num_epochs=1, verbose=False)
+    net = xpdl.FullyConnectedNet(
+        input_dim=5, hidden_dims=[6, 7], num_classes=3, use_batchnorm=True, seed=0, backend="numpy"
+    )
+    tr = xpdl.Trainer(
+        net,
+        {"X_train": X[:30], "y_train": y[:30], "X_val": X[30:], "y_val": y[30:]},
+        update_rule="adam",
+        batch_size=10,
+        num_epochs=1,
+        verbose=False,
+    )
     tr.train()
     path = tmp_path_factory.mktemp("hostile") / "good.npz"
     save_checkpoint(path, tr, META)
@@ -134,9 +148,15 @@ def test_huge_hidden_dims_are_refused_without_allocating(path):
     assert peak_bytes(lambda: load_checkpoint(path)) < 4 * 2**20
 
 
-@pytest.mark.parametrize(("value", "pattern"), [(1e12, "config: input_dim: expected a positive int"),
-                                                 (10**12, "image_shape: expected a shape of 1000000000000 values"),
-                                                 ("5", "config: input_dim"), (True, "config: input_dim")])
+@pytest.mark.parametrize(
+    ("value", "pattern"),
+    [
+        (1e12, "config: input_dim: expected a positive int"),
+        (10**12, "image_shape: expected a shape of 1000000000000 values"),
+        ("5", "config: input_dim"),
+        (True, "config: input_dim"),
+    ],
+)
 def test_a_bad_input_dim_is_refused_without_allocating(path, value, pattern):
     edit(path, lambda d, a: d["config"].update(input_dim=value))
     refused(path, pattern)
@@ -210,8 +230,11 @@ SCHEMA_CASES = {
     "rng key negative": ("rng.key", "-1", r"rng\.key: expected a string matching"),
     "rng key an int": ("rng.key", -1, r"rng\.key: expected a string"),
     "rng key too large": ("rng.key", str(2**128), r"rng\.key: expected a decimal integer below 2\*\*128"),
-    "learning rate a string": ("updater_scalars.W1.learning_rate", "fast",
-                               r"updater_scalars\.W1\.learning_rate: expected a finite number >= 0, got 'fast'"),
+    "learning rate a string": (
+        "updater_scalars.W1.learning_rate",
+        "fast",
+        r"updater_scalars\.W1\.learning_rate: expected a finite number >= 0, got 'fast'",
+    ),
     "adam t null": ("updater_scalars.b2.t", None, r"updater_scalars\.b2\.t: expected an integer >= 0, got None"),
     "batch size 0": ("settings.batch_size", 0, r"settings\.batch_size: expected an integer >= 1, got 0"),
     "unknown update rule": ("update_rule", "evil", r"update_rule: expected one of \['sgd'.*got 'evil'"),
@@ -246,8 +269,7 @@ def test_state_arrays_of_another_rule_are_refused(path):
     def swap(doc, arrays):
         doc["update_rule"] = "rmsprop"
         for p, scalars in doc["updater_scalars"].items():
-            doc["updater_scalars"][p] = {"learning_rate": scalars["learning_rate"], "decay_rate": 0.99,
-                                         "epsilon": 1e-8}
+            doc["updater_scalars"][p] = {"learning_rate": scalars["learning_rate"], "decay_rate": 0.99, "epsilon": 1e-8}
 
     edit(path, swap)
     refused(path, r"state array of another update rule; 'rmsprop' keeps \['cache'\]")

@@ -55,8 +55,18 @@ def test_backward_gradient_check(backend):
 def test_net_with_layer_norm_gradient_check_and_its_bias_is_not_cancelled(backend):
     rng = np.random.default_rng(1)
     X, y = rng.standard_normal((6, 5)), rng.integers(3, size=6)
-    net = xpdl.FullyConnectedNet(input_dim=5, hidden_dims=[7, 6], num_classes=3, normalization="layernorm",
-                                 dropout=0.8, reg=0.05, weight_scale=0.5, seed=2, dtype="float64", backend=backend)
+    net = xpdl.FullyConnectedNet(
+        input_dim=5,
+        hidden_dims=[7, 6],
+        num_classes=3,
+        normalization="layernorm",
+        dropout=0.8,
+        reg=0.05,
+        weight_scale=0.5,
+        seed=2,
+        dtype="float64",
+        backend=backend,
+    )
     net.params["b1"] = backend.asarray(rng.standard_normal(7))  # a bias that varies across features
     state = net.rng.get_state()
 
@@ -78,13 +88,15 @@ def test_layer_norm_net_trains_with_batch_size_one(backend):
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((20, 4)), rng.integers(2, size=20)
     data = {"X_train": X, "y_train": y, "X_val": X, "y_val": y}
-    net = xpdl.FullyConnectedNet(input_dim=4, hidden_dims=[8], num_classes=2, normalization="layernorm", seed=0,
-                                 backend=backend)
+    net = xpdl.FullyConnectedNet(
+        input_dim=4, hidden_dims=[8], num_classes=2, normalization="layernorm", seed=0, backend=backend
+    )
     tr = xpdl.Trainer(net, data, batch_size=1, num_epochs=1, verbose=False)
     tr.train()
     assert len(tr.loss_history) == 20 and all(np.isfinite(tr.loss_history))
-    bn = xpdl.FullyConnectedNet(input_dim=4, hidden_dims=[8], num_classes=2, normalization="batchnorm", seed=0,
-                                backend=backend)
+    bn = xpdl.FullyConnectedNet(
+        input_dim=4, hidden_dims=[8], num_classes=2, normalization="batchnorm", seed=0, backend=backend
+    )
     with pytest.raises(ValueError, match="batch_size: batch norm needs at least 2 samples per batch, got 1"):
         xpdl.Trainer(bn, data, batch_size=1)
 

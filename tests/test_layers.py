@@ -22,8 +22,9 @@ def test_affine_forward_known_answer(backend):
 def test_relu_forward_known_answer(backend):
     x = np.linspace(-0.5, 0.5, num=12).reshape(3, 4)
     out, _ = layers.relu_forward(backend.asarray(x))
-    correct = np.array([[0., 0., 0., 0.], [0., 0., 0.04545455, 0.13636364],
-                        [0.22727273, 0.31818182, 0.40909091, 0.5]])
+    correct = np.array(
+        [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.04545455, 0.13636364], [0.22727273, 0.31818182, 0.40909091, 0.5]]
+    )
     assert_close(out, correct, rtol=1e-6)
 
 
@@ -36,12 +37,15 @@ def test_affine_backward_gradient_check(backend):
     _, cache = layers.affine_forward(x, w, b)
     dx, dw, db = layers.affine_backward(dout, cache)
     assert tuple(dx.shape) == (10, 2, 3) and tuple(dw.shape) == (6, 5) and tuple(db.shape) == (5,)
-    assert_grad_close(eval_numerical_gradient_array(lambda _: layers.affine_forward(x, w, b)[0], x, dout), dx,
-                      what="affine dx")
-    assert_grad_close(eval_numerical_gradient_array(lambda _: layers.affine_forward(x, w, b)[0], w, dout), dw,
-                      what="affine dw")
-    assert_grad_close(eval_numerical_gradient_array(lambda _: layers.affine_forward(x, w, b)[0], b, dout), db,
-                      what="affine db")
+    assert_grad_close(
+        eval_numerical_gradient_array(lambda _: layers.affine_forward(x, w, b)[0], x, dout), dx, what="affine dx"
+    )
+    assert_grad_close(
+        eval_numerical_gradient_array(lambda _: layers.affine_forward(x, w, b)[0], w, dout), dw, what="affine dw"
+    )
+    assert_grad_close(
+        eval_numerical_gradient_array(lambda _: layers.affine_forward(x, w, b)[0], b, dout), db, what="affine db"
+    )
 
 
 def test_relu_backward_gradient_check(backend):
@@ -111,5 +115,6 @@ def test_layers_keep_dtype(backend, dtype):
 
 def test_affine_forward_rejects_mismatched_features(backend):
     with pytest.raises(ValueError, match="expected 5 features"):
-        layers.affine_forward(backend.asarray(np.ones((2, 4))), backend.asarray(np.ones((5, 3))),
-                              backend.asarray(np.ones(3)))
+        layers.affine_forward(
+            backend.asarray(np.ones((2, 4))), backend.asarray(np.ones((5, 3))), backend.asarray(np.ones(3))
+        )

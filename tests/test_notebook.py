@@ -27,11 +27,16 @@ def kernelspec_dir(root: Path) -> Path:
     spec = root / "kernels" / "python3"
     spec.mkdir(parents=True)
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (xpdl tests)", "language": "python",
-        "env": {"PYTHONPATH": path, "TMPDIR": str(root), "XPDL_QUIET": "1"},
-    }))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Python 3 (xpdl tests)",
+                "language": "python",
+                "env": {"PYTHONPATH": path, "TMPDIR": str(root), "XPDL_QUIET": "1"},
+            }
+        )
+    )
     return root
 
 
@@ -46,8 +51,9 @@ def executed(tmp_path_factory) -> nbformat.NotebookNode:
     try:
         nb = nbformat.read(TUTORIAL, as_version=4)
         nb.cells.append(nbformat.v4.new_code_cell(WHICH_XPDL))
-        client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300,
-                                         resources={"metadata": {"path": str(root)}})
+        client = nbclient.NotebookClient(
+            nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(root)}}
+        )
         client.execute()
     finally:
         if old is None:

@@ -31,10 +31,19 @@ def digits() -> dict:
 
 def train(digits: dict, backend, epochs: int = 2) -> xpdl.Trainer:
     """A small float64 net trained for ``epochs`` on ``backend`` (deterministic: same numbers on every backend)."""
-    net = xpdl.FullyConnectedNet(input_dim=64, hidden_dims=[16], num_classes=10, weight_scale=0.05, seed=0,
-                                 dtype="float64", backend=backend)
-    trainer = xpdl.Trainer(net, digits, update_rule="adam", updater_config={"learning_rate": 3e-3},
-                           batch_size=100, num_epochs=epochs, seed=0, verbose=False)
+    net = xpdl.FullyConnectedNet(
+        input_dim=64, hidden_dims=[16], num_classes=10, weight_scale=0.05, seed=0, dtype="float64", backend=backend
+    )
+    trainer = xpdl.Trainer(
+        net,
+        digits,
+        update_rule="adam",
+        updater_config={"learning_rate": 3e-3},
+        batch_size=100,
+        num_epochs=epochs,
+        seed=0,
+        verbose=False,
+    )
     trainer.train()
     return trainer
 
@@ -46,8 +55,10 @@ def numpy_trainer(digits) -> xpdl.Trainer:
 
 def plotted(fig) -> list[list[tuple[np.ndarray, np.ndarray]]]:
     """The (x, y) data of every line of every axes of ``fig``."""
-    return [[(np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)) for line in ax.get_lines()]
-            for ax in fig.axes]
+    return [
+        [(np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)) for line in ax.get_lines()]
+        for ax in fig.axes
+    ]
 
 
 def assert_same_data(fig, ref, rtol: float = 1e-9) -> None:
@@ -61,9 +72,14 @@ def assert_same_data(fig, ref, rtol: float = 1e-9) -> None:
 
 def history_doc(losses, val=(0.1, 0.5, 0.6), train=(0.1, 0.6, 0.7)) -> dict:
     n, checks = len(losses), len(val)
-    return {"loss_history": list(losses), "loss_epochs": [(i + 1) / (n / 2) for i in range(n)],
-            "check_epochs": [1 / (n / 2)] + [float(k) for k in range(1, checks)], "iterations_per_epoch": n // 2,
-            "train_acc_history": list(train), "val_acc_history": list(val)}
+    return {
+        "loss_history": list(losses),
+        "loss_epochs": [(i + 1) / (n / 2) for i in range(n)],
+        "check_epochs": [1 / (n / 2)] + [float(k) for k in range(1, checks)],
+        "iterations_per_epoch": n // 2,
+        "train_acc_history": list(train),
+        "val_acc_history": list(val),
+    }
 
 
 # ------------------------------------------------------------------ history
@@ -136,8 +152,9 @@ _NUMPY_WEIGHT_PIXELS: dict[tuple, np.ndarray] = {}
 
 
 def weights_pixels(backend, shape) -> np.ndarray:
-    net = xpdl.FullyConnectedNet(input_dim=int(np.prod(shape)), hidden_dims=[20, 7], num_classes=10, seed=3,
-                                 backend=backend)
+    net = xpdl.FullyConnectedNet(
+        input_dim=int(np.prod(shape)), hidden_dims=[20, 7], num_classes=10, seed=3, backend=backend
+    )
     return plots.render(plots.weights(net, shape))
 
 
@@ -310,8 +327,9 @@ print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
 def test_pictures_draw_headless_on_agg_without_pyplot(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     env.update(MPLBACKEND="Agg", PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", HEADLESS_SCRIPT, str(tmp_path)], env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", HEADLESS_SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.lower().split() == ["agg", "false"]  # Agg, and pyplot was never imported
     for name in ("history", "weights", "confusion", "compare"):
@@ -352,8 +370,7 @@ def test_evaluate_plot_draws_the_confusion_matrix_next_to_the_run(small_run, tmp
 # ------------------------------------------------------------------ progress bar
 def test_trainer_progress_draws_one_bar_and_verbose_keeps_its_lines(digits, capsys):
     net = xpdl.FullyConnectedNet(input_dim=64, hidden_dims=[8], num_classes=10, seed=0, backend="numpy")
-    trainer = xpdl.Trainer(net, digits, batch_size=200, num_epochs=2, verbose=True, print_every=1000,
-                           progress=True)
+    trainer = xpdl.Trainer(net, digits, batch_size=200, num_epochs=2, verbose=True, print_every=1000, progress=True)
     trainer.train()
     out, err = capsys.readouterr()
     assert "training: 100%" in err and "10/10" in err and "epoch 2/2, loss " in err and "val " in err

@@ -30,8 +30,17 @@ EPOCHS = 6
 # 35 iterations per epoch; a checkpoint every 4 iterations falls mid-epoch as well as on epoch ends
 SETTINGS = ["--hidden-dims", "24,24", "--batch-size", "32", "--backend", "numpy", "--checkpoint-every", "4"]
 REPO = Path(xpdl.__file__).resolve().parents[1]
-COMPARED_HISTORY = ("loss_history", "train_acc_history", "val_acc_history", "lr_history", "check_iterations",
-                    "iterations_done", "epochs_done", "best_val_acc", "best_epoch")
+COMPARED_HISTORY = (
+    "loss_history",
+    "train_acc_history",
+    "val_acc_history",
+    "lr_history",
+    "check_iterations",
+    "iterations_done",
+    "epochs_done",
+    "best_val_acc",
+    "best_epoch",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -51,8 +60,14 @@ def xpdl_process(*argv: str, cwd: Path) -> subprocess.Popen:
     """``python -m xpdl argv`` in a subprocess, stdout piped (so progress comes as one line per epoch)."""
     path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "XPDL_QUIET": "1", "PYTHONPATH": path}
-    return subprocess.Popen([sys.executable, "-m", "xpdl", *argv], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "xpdl", *argv],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def kill(proc: subprocess.Popen) -> None:
@@ -148,8 +163,9 @@ def test_stopped_and_extended_matches(reference, tmp_path, capsys):
 def test_resume_on_another_backend_continues(reference, tmp_path):
     folder = tmp_path / "moved"
     assert cli.main(["train", *SETTINGS, "--epochs", "1", "--out", str(folder), "--quiet"]) == 0
-    assert cli.main(["train", "--resume", str(folder), "--epochs", "2", "--backend", "array_api_strict",
-                     "--quiet"]) == 0
+    assert (
+        cli.main(["train", "--resume", str(folder), "--epochs", "2", "--backend", "array_api_strict", "--quiet"]) == 0
+    )
     history = json.loads((folder / "history.json").read_text())
     assert history["epochs_done"] == 2 and history["settings"]["backend"] == "array_api_strict"
     ours = load_checkpoint(folder / "checkpoint.npz")

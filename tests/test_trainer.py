@@ -20,12 +20,27 @@ def blobs(n, d=6, c=3, seed=0):
 def make(backend, n_train=55, batch_size=10, num_epochs=3, net_kw=None, model=None, **kw):
     X, y = blobs(n_train + 30)
     data = {"X_train": X[:n_train], "y_train": y[:n_train], "X_val": X[n_train:], "y_val": y[n_train:]}
-    args = dict(input_dim=6, hidden_dims=[16, 16], num_classes=3, dropout=0.8, use_batchnorm=True,
-                weight_scale=0.1, seed=3, dtype="float64", backend=backend)
+    args = dict(
+        input_dim=6,
+        hidden_dims=[16, 16],
+        num_classes=3,
+        dropout=0.8,
+        use_batchnorm=True,
+        weight_scale=0.1,
+        seed=3,
+        dtype="float64",
+        backend=backend,
+    )
     args.update(net_kw or {})
     net = model or xpdl.FullyConnectedNet(**args)
-    opts = dict(update_rule="adam", updater_config={"learning_rate": 1e-2}, batch_size=batch_size,
-                num_epochs=num_epochs, verbose=False, seed=11)
+    opts = dict(
+        update_rule="adam",
+        updater_config={"learning_rate": 1e-2},
+        batch_size=batch_size,
+        num_epochs=num_epochs,
+        verbose=False,
+        seed=11,
+    )
     opts.update(kw)
     return xpdl.Trainer(net, data, **opts)
 
@@ -66,8 +81,13 @@ def test_best_model_restores_batchnorm_statistics_too(backend):
 
 def test_params_survive_a_run_whose_validation_accuracy_stays_zero(backend):
     """The seed left model.params == {} when val accuracy never rose above 0."""
-    tr = make(backend, net_kw={"use_batchnorm": False, "dropout": 0}, update_rule="sgd",
-              updater_config={"learning_rate": 0.0}, num_epochs=1)
+    tr = make(
+        backend,
+        net_kw={"use_batchnorm": False, "dropout": 0},
+        update_rule="sgd",
+        updater_config={"learning_rate": 0.0},
+        num_epochs=1,
+    )
     pred = tr.model.predict(tr.X_val)
     tr.y_val = tr.model.backend.asarray((pred + 1) % 3)
     before = {k: host(v).copy() for k, v in tr.model.params.items()}
@@ -79,8 +99,13 @@ def test_params_survive_a_run_whose_validation_accuracy_stays_zero(backend):
 
 
 def test_a_diverging_loss_stops_training_and_keeps_the_best_params(backend):
-    tr = make(backend, net_kw={"use_batchnorm": False, "dropout": 0, "weight_scale": 10.0}, update_rule="sgd",
-              updater_config={"learning_rate": 1e300}, num_epochs=5)
+    tr = make(
+        backend,
+        net_kw={"use_batchnorm": False, "dropout": 0, "weight_scale": 10.0},
+        update_rule="sgd",
+        updater_config={"learning_rate": 1e300},
+        num_epochs=5,
+    )
     with pytest.raises(FloatingPointError, match=r"iteration \d+"), np.errstate(all="ignore"):
         tr.train()
     assert all(np.all(np.isfinite(host(v))) for v in tr.model.params.values())
@@ -100,8 +125,15 @@ def test_unknown_arguments_and_rules_are_refused_before_anything_changes(backend
     with pytest.raises(ValueError, match="update_rule.*'adamax'"):
         make(backend, update_rule="adamax")
     with pytest.raises(ValueError, match=r"y: expected labels in \[0, 3\)"):
-        xpdl.Trainer(make(backend).model, {"X_train": np.ones((4, 6)), "y_train": np.array([0, 1, 2, 3]),
-                                          "X_val": np.ones((1, 6)), "y_val": np.array([0])})
+        xpdl.Trainer(
+            make(backend).model,
+            {
+                "X_train": np.ones((4, 6)),
+                "y_train": np.array([0, 1, 2, 3]),
+                "X_val": np.ones((1, 6)),
+                "y_val": np.array([0]),
+            },
+        )
 
 
 def test_training_learns_separable_blobs(backend):
@@ -146,8 +178,13 @@ def test_state_round_trip_continues_exactly(backend):
 
 
 def test_a_loss_that_diverges_at_once_leaves_the_starting_parameters(backend):
-    tr = make(backend, net_kw={"use_batchnorm": False, "dropout": 0, "weight_scale": 1e200}, update_rule="sgd",
-              updater_config={"learning_rate": 1e30}, num_epochs=1)
+    tr = make(
+        backend,
+        net_kw={"use_batchnorm": False, "dropout": 0, "weight_scale": 1e200},
+        update_rule="sgd",
+        updater_config={"learning_rate": 1e30},
+        num_epochs=1,
+    )
     before = {k: host(v).copy() for k, v in tr.model.params.items()}
     with pytest.raises(FloatingPointError, match="iteration 1 .*parameters training started from"):
         with np.errstate(all="ignore"):
@@ -156,15 +193,21 @@ def test_a_loss_that_diverges_at_once_leaves_the_starting_parameters(backend):
         assert np.array_equal(host(tr.model.params[k]), v)
 
 
-@pytest.mark.parametrize("kw,error,match", [
-    ({"updater_config": {"learnin_rate": 1e-3}}, ValueError,
-     r"updater_config: unknown key 'learnin_rate' for update rule 'adam'; known keys: learning_rate"),
-    ({"updater_config": {"learning_rate": -1}}, ValueError, r"updater_config\['learning_rate'\]: expected"),
-    ({"batch_size": 0}, ValueError, "batch_size: expected an int >= 1, got 0"),
-    ({"batch_size": 2.5}, TypeError, "batch_size: expected an int >= 1, got 2.5"),
-    ({"lr_decay": "x"}, TypeError, "lr_decay: expected a finite number > 0, got 'x'"),
-    ({"num_epochs": -1}, ValueError, "num_epochs: expected an int >= 0, got -1"),
-])
+@pytest.mark.parametrize(
+    "kw,error,match",
+    [
+        (
+            {"updater_config": {"learnin_rate": 1e-3}},
+            ValueError,
+            r"updater_config: unknown key 'learnin_rate' for update rule 'adam'; known keys: learning_rate",
+        ),
+        ({"updater_config": {"learning_rate": -1}}, ValueError, r"updater_config\['learning_rate'\]: expected"),
+        ({"batch_size": 0}, ValueError, "batch_size: expected an int >= 1, got 0"),
+        ({"batch_size": 2.5}, TypeError, "batch_size: expected an int >= 1, got 2.5"),
+        ({"lr_decay": "x"}, TypeError, "lr_decay: expected a finite number > 0, got 'x'"),
+        ({"num_epochs": -1}, ValueError, "num_epochs: expected an int >= 0, got -1"),
+    ],
+)
 def test_trainer_refuses_nonsense_before_anything_changes(backend, kw, error, match):
     model = make(backend).model
     before = {k: host(v).copy() for k, v in model.params.items()}

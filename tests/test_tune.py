@@ -50,8 +50,14 @@ def xpdl_cmd(*argv: str) -> list[str]:
 
 
 def run_xpdl(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(xpdl_cmd(*argv), capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    return subprocess.run(
+        xpdl_cmd(*argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
 
 def main_in_process(*argv: str) -> subprocess.CompletedProcess:
@@ -64,8 +70,15 @@ def main_in_process(*argv: str) -> subprocess.CompletedProcess:
 
 def start_xpdl(*argv: str) -> subprocess.Popen:
     """``xpdl argv`` in a new session (its workers share its process group)."""
-    return subprocess.Popen(xpdl_cmd(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
+    return subprocess.Popen(
+        xpdl_cmd(*argv),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        start_new_session=True,
+    )
 
 
 def journal_trials(folder: Path) -> list:
@@ -109,20 +122,28 @@ def test_searched_values_become_train_arguments_the_train_parser_reads_back():
     argv = [a for name, value in cases.items() for a in option_argv(name, value)]
     args = parser.parse_args(argv)
     assert (args.lr, args.batch_size, args.hidden_dims, args.batchnorm, args.dropout) == (
-        0.00123456789, 48, [512, 256], False, 0.5)
+        0.00123456789,
+        48,
+        [512, 256],
+        False,
+        0.5,
+    )
 
 
-@pytest.mark.parametrize("spec, words", [
-    ("learning-rate=1e-4..1e-2", "not an xpdl train option"),
-    ("lr=1e-2..1e-4", "LOW < HIGH"),
-    ("reg=0..1e-2:log", "log range needs LOW > 0"),
-    ("dropout=0.5..1.5", "keep probability"),
-    ("batch-size=16..0.5", "positive integer"),
-    ("hidden-dims=16..64", "range needs a numeric option"),
-    ("update-rule=adam/adagrad", "expected one of"),
-    ("lr=1e-4..1e-2:ln", "LOW..HIGH:log"),
-    ("out=a/b", "not an xpdl train option"),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("learning-rate=1e-4..1e-2", "not an xpdl train option"),
+        ("lr=1e-2..1e-4", "LOW < HIGH"),
+        ("reg=0..1e-2:log", "log range needs LOW > 0"),
+        ("dropout=0.5..1.5", "keep probability"),
+        ("batch-size=16..0.5", "positive integer"),
+        ("hidden-dims=16..64", "range needs a numeric option"),
+        ("update-rule=adam/adagrad", "expected one of"),
+        ("lr=1e-4..1e-2:ln", "LOW..HIGH:log"),
+        ("out=a/b", "not an xpdl train option"),
+    ],
+)
 def test_a_bad_search_spec_is_a_one_line_error(spec, words):
     with pytest.raises(SearchSpaceError, match=words) as info:
         parse_search(spec)
@@ -134,13 +155,16 @@ def test_an_option_both_fixed_and_searched_is_refused():
         parse_space(["lr=1e-4..1e-2"], {"lr": 0.1})
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--search", "lr=1e-2..1e-4"], "--search lr: expected LOW < HIGH"),
-    (["--lr", "0.1", "--search", "lr=1e-4..1e-2"], "either fixed or searched"),
-    (["--search", "nope=1..2"], "not an xpdl train option"),
-    (["--resume", "somewhere", "--search", "lr=1e-4..1e-2"], "only --trials, --workers and --quiet"),
-    (["--join", "postgresql://h/db"], "--join needs --study"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--search", "lr=1e-2..1e-4"], "--search lr: expected LOW < HIGH"),
+        (["--lr", "0.1", "--search", "lr=1e-4..1e-2"], "either fixed or searched"),
+        (["--search", "nope=1..2"], "not an xpdl train option"),
+        (["--resume", "somewhere", "--search", "lr=1e-4..1e-2"], "only --trials, --workers and --quiet"),
+        (["--join", "postgresql://h/db"], "--join needs --study"),
+    ],
+)
 def test_tune_usage_errors_exit_2_with_one_line(argv, words, capsys, tmp_path):
     code = cli.main(["tune", *argv, "--out", str(tmp_path / "t")] if "--resume" not in argv else ["tune", *argv])
     out, err = capsys.readouterr()
@@ -149,11 +173,19 @@ def test_tune_usage_errors_exit_2_with_one_line(argv, words, capsys, tmp_path):
 
 
 def test_without_optuna_tune_says_how_to_install_it_and_import_xpdl_never_imports_optuna():
-    code = ("import sys; import xpdl, xpdl.cli, xpdl.tune, xpdl.tune_space; "
-            "assert 'optuna' not in sys.modules, 'optuna imported'; sys.modules['optuna'] = None; "
-            "sys.exit(xpdl.cli.main(['tune', '--search', 'lr=1e-3..1e-2']))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    code = (
+        "import sys; import xpdl, xpdl.cli, xpdl.tune, xpdl.tune_space; "
+        "assert 'optuna' not in sys.modules, 'optuna imported'; sys.modules['optuna'] = None; "
+        "sys.exit(xpdl.cli.main(['tune', '--search', 'lr=1e-3..1e-2']))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and 'pip install "xpdl[tune]"' in proc.stderr
 
@@ -166,8 +198,24 @@ def finished_study(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XPDL_QUIET", "1")
         mp.setenv("XPDL_FUSED", "0")
-        first = main_in_process("tune", *TINY, *NO_CHECKPOINTS, "--epochs", "4", *SEARCH, "--sampler", "random",
-                                "--trials", "8", "--workers", "2", "--seed", "3", "--out", str(folder))
+        first = main_in_process(
+            "tune",
+            *TINY,
+            *NO_CHECKPOINTS,
+            "--epochs",
+            "4",
+            *SEARCH,
+            "--sampler",
+            "random",
+            "--trials",
+            "8",
+            "--workers",
+            "2",
+            "--seed",
+            "3",
+            "--out",
+            str(folder),
+        )
         second = main_in_process("tune", "--resume", str(folder), "--trials", "10", "--workers", "2")
     return folder, first, second
 
@@ -187,8 +235,13 @@ def test_each_trial_is_a_run_folder_xpdl_evaluate_reads(finished_study, capsys):
     summary = json.loads((folder / "summary.json").read_text())
     best = summary["best"]
     run = folder / best["run"]
-    assert sorted(p.name for p in run.iterdir()) == ["best.npz", "checkpoint.npz", "curves.png", "history.json",
-                                                       "weights.png"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "best.npz",
+        "checkpoint.npz",
+        "curves.png",
+        "history.json",
+        "weights.png",
+    ]
     history = json.loads((run / "history.json").read_text())
     assert history["best_val_acc"] == best["value"]
     assert history["settings"]["seed"] == 3 + best["number"] and history["settings"]["hidden_dims"] == [16]
@@ -221,8 +274,19 @@ def test_resume_raises_the_budget_and_runs_only_the_new_trials(finished_study):
 def test_the_median_pruner_stops_poor_trials(tmp_path):
     from xpdl.tune import tune
 
-    study = tune({"lr": "1e-6..1e-1:log"}, trials=8, workers=1, sampler="random", pruner="median", seed=0,
-                 out=tmp_path / "p", epochs=5, hidden_dims=[16], backend="numpy", checkpoint_every=100000)
+    study = tune(
+        {"lr": "1e-6..1e-1:log"},
+        trials=8,
+        workers=1,
+        sampler="random",
+        pruner="median",
+        seed=0,
+        out=tmp_path / "p",
+        epochs=5,
+        hidden_dims=[16],
+        backend="numpy",
+        checkpoint_every=100000,
+    )
     trials = study.get_trials()
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert len(trials) == 8 and pruned and all(t.state != TrialState.FAIL for t in trials)
@@ -234,12 +298,28 @@ def test_the_median_pruner_stops_poor_trials(tmp_path):
 
 def test_kill_9_of_every_process_then_resume_leaves_no_trial_running(tmp_path):
     folder = tmp_path / "k"
-    proc = start_xpdl("tune", *TINY, *NO_CHECKPOINTS, "--epochs", "60", "--search",
-                      "lr=1e-3..1e-2:log", "--trials", "3",
-                      "--workers", "2", "--pruner", "none", "--out", str(folder))
+    proc = start_xpdl(
+        "tune",
+        *TINY,
+        *NO_CHECKPOINTS,
+        "--epochs",
+        "60",
+        "--search",
+        "lr=1e-3..1e-2:log",
+        "--trials",
+        "3",
+        "--workers",
+        "2",
+        "--pruner",
+        "none",
+        "--out",
+        str(folder),
+    )
     try:
+
         def two_running() -> bool:
             return (folder / "journal.log").exists() and states(journal_trials(folder)).count("RUNNING") == 2
+
         wait_for(two_running, "two running trials")
         time.sleep(0.2)
     finally:
@@ -264,8 +344,22 @@ def test_kill_9_of_every_process_then_resume_leaves_no_trial_running(tmp_path):
 
 def test_ctrl_c_stops_every_worker_and_says_how_to_resume(tmp_path):
     folder = tmp_path / "c"
-    proc = start_xpdl("tune", *TINY, "--epochs", "200", "--search", "lr=1e-3..1e-2:log", "--trials", "4",
-                      "--workers", "2", "--pruner", "none", "--out", str(folder))
+    proc = start_xpdl(
+        "tune",
+        *TINY,
+        "--epochs",
+        "200",
+        "--search",
+        "lr=1e-3..1e-2:log",
+        "--trials",
+        "4",
+        "--workers",
+        "2",
+        "--pruner",
+        "none",
+        "--out",
+        str(folder),
+    )
     wait_for(lambda: any((folder / "trials").glob("*/checkpoint.npz")), "a trial's first epoch")
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: the parent and its workers
     out, err = proc.communicate(timeout=60)
@@ -274,8 +368,7 @@ def test_ctrl_c_stops_every_worker_and_says_how_to_resume(tmp_path):
     trials = journal_trials(folder)
     assert "RUNNING" not in states(trials)
     interrupted = [t for t in trials if t.state == TrialState.FAIL]
-    assert interrupted and all(any(w.system_attrs.get("failed_trial") == t.number for w in trials)
-                               for t in interrupted)
+    assert interrupted and all(any(w.system_attrs.get("failed_trial") == t.number for w in trials) for t in interrupted)
     logs = "".join(p.read_text() for p in (folder / "logs").glob("worker-*.log"))
     assert "interrupted at iteration" in logs  # each run stopped as xpdl train does on Ctrl-C
 
@@ -296,8 +389,10 @@ def postgres_url():
     pytest.importorskip("psycopg2", reason="psycopg2 is not installed (pip install psycopg2-binary)")
     bindir = postgres_binaries()
     if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) in /usr/lib/postgresql/*/bin or on PATH; "
-                    "install the postgresql package")
+        pytest.skip(
+            "no PostgreSQL server binaries (initdb, pg_ctl) in /usr/lib/postgresql/*/bin or on PATH; "
+            "install the postgresql package"
+        )
     as_user: list[str] = []
     base = Path(tempfile.mkdtemp(prefix="xpdl-pg-"))
     if os.geteuid() == 0:  # the server refuses to run as root
@@ -308,28 +403,58 @@ def postgres_url():
         os.chown(base, user.pw_uid, user.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
     data = base / "data"
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "xpdl", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "xpdl", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     with open(data / "postgresql.conf", "a") as conf:
         conf.write(f"listen_addresses = ''\nunix_socket_directories = '{base}'\nport = 5432\nfsync = off\n")
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-w",
-                    "start"], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     try:
         yield f"postgresql+psycopg2://xpdl@/postgres?host={base}&port=5432"
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=120,
+        )
         shutil.rmtree(base, ignore_errors=True)
 
 
 def test_two_join_processes_share_one_study_on_postgresql(postgres_url, tmp_path):
-    made = main_in_process("tune", *TINY, *NO_CHECKPOINTS, "--epochs", "8", *SEARCH, "--trials", "6",
-                           "--workers", "0", "--storage", postgres_url, "--study", "shared",
-                           "--out", str(tmp_path / "a"))
+    made = main_in_process(
+        "tune",
+        *TINY,
+        *NO_CHECKPOINTS,
+        "--epochs",
+        "8",
+        *SEARCH,
+        "--trials",
+        "6",
+        "--workers",
+        "0",
+        "--storage",
+        postgres_url,
+        "--study",
+        "shared",
+        "--out",
+        str(tmp_path / "a"),
+    )
     assert made.returncode == 0, made.stderr
     assert "--join postgresql+psycopg2://xpdl" in made.stdout and "--study shared" in made.stdout
-    machines = [start_xpdl("tune", "--join", postgres_url, "--study", "shared", "--workers", "1",
-                           "--out", str(tmp_path / f"m{k}")) for k in range(2)]
+    machines = [
+        start_xpdl(
+            "tune", "--join", postgres_url, "--study", "shared", "--workers", "1", "--out", str(tmp_path / f"m{k}")
+        )
+        for k in range(2)
+    ]
     for proc in machines:
         out, err = proc.communicate(timeout=90)
         assert proc.returncode == 0, err
@@ -345,8 +470,9 @@ def test_two_join_processes_share_one_study_on_postgresql(postgres_url, tmp_path
 
 
 def test_the_tune_parser_takes_every_tunable_train_option():
-    tune_parser = next(a for a in cli.build_parser()._actions
-                       if isinstance(a, argparse._SubParsersAction)).choices["tune"]
+    tune_parser = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[
+        "tune"
+    ]
     tune_options = {o for a in tune_parser._actions for o in a.option_strings}
     train_options = {o for a in train_parser()._actions for o in a.option_strings}
     assert train_options - tune_options == {"--resume"} or train_options - tune_options == set()

@@ -40,8 +40,12 @@ def cupy_mentions(source: str) -> list[str]:
     """Code (not docstrings or comments) that names CuPy or reads a backend setting."""
     hits = []
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Name) and "cupy" in node.id.lower() or \
-                isinstance(node, ast.Attribute) and "cupy" in node.attr.lower():
+        if (
+            isinstance(node, ast.Name)
+            and "cupy" in node.id.lower()
+            or isinstance(node, ast.Attribute)
+            and "cupy" in node.attr.lower()
+        ):
             hits.append(f"line {node.lineno}: names CuPy")
         elif isinstance(node, ast.Constant) and node.value in SETTINGS:
             hits.append(f"line {node.lineno}: reads {node.value}")

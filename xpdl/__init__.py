@@ -14,5 +14,14 @@ from xpdl.trainer import Trainer
 
 __version__ = "0.1.0"
 
-__all__ = ["Backend", "BackendUnavailable", "FullyConnectedNet", "Generator", "Trainer", "__version__",
-           "available_backends", "fast_paths_info", "get_backend"]
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "FullyConnectedNet",
+    "Generator",
+    "Trainer",
+    "__version__",
+    "available_backends",
+    "fast_paths_info",
+    "get_backend",
+]

@@ -35,8 +35,9 @@ def namespace(**arrays: Any) -> Any:
     first_dev = device(first)
     for k, a in named[1:]:
         if device(a) != first_dev:
-            raise ValueError(f"{k} is on device {device(a)!r} but {first_name} is on {first_dev!r}: "
-                             "move them to one device first")
+            raise ValueError(
+                f"{k} is on device {device(a)!r} but {first_name} is on {first_dev!r}: move them to one device first"
+            )
     return xp
 
 

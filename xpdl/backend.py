@@ -143,8 +143,9 @@ class Backend:
         return self.asarray(words)
 
     # ---------------------------------------------------------------- a training step
-    def hidden_forward(self, x: Any, params: dict, layer: Any, dropout_param: dict | None,
-                       buffers: dict | None = None) -> tuple[Any, Any]:
+    def hidden_forward(
+        self, x: Any, params: dict, layer: Any, dropout_param: dict | None, buffers: dict | None = None
+    ) -> tuple[Any, Any]:
         """Train-mode ``dropout(relu(norm(x @ W + b)))`` of hidden layer ``layer``.
 
         Inputs:
@@ -168,8 +169,9 @@ class Backend:
             h, drop_cache = dropout_forward(h, dropout_param)
         return h, (layer, fc_cache, norm_cache, relu_cache, drop_cache)
 
-    def hidden_backward(self, dh: Any, cache: Any, input_grad: bool = True,
-                        buffers: dict | None = None) -> tuple[Any, dict]:
+    def hidden_backward(
+        self, dh: Any, cache: Any, input_grad: bool = True, buffers: dict | None = None
+    ) -> tuple[Any, dict]:
         """Backward of :meth:`hidden_forward`: ``dx`` (N, D) (None if not ``input_grad``) and the grads dict.
 
         The grads dict has ``W{i}`` (D, H), ``b{i}`` (H,) and, with a normalization,
@@ -207,8 +209,9 @@ class Backend:
         """
         return softmax_loss(scores, y)
 
-    def output_backward(self, dscores: Any, cache: Any, input_grad: bool = True,
-                        buffers: dict | None = None) -> tuple[Any, Any, Any]:
+    def output_backward(
+        self, dscores: Any, cache: Any, input_grad: bool = True, buffers: dict | None = None
+    ) -> tuple[Any, Any, Any]:
         """Backward of :meth:`output_forward`: ``dx`` (None if not ``input_grad``), ``dw``, ``db``."""
         if input_grad:
             return affine_backward(dscores, cache)
@@ -243,8 +246,20 @@ class Backend:
 def dtype_name(dtype: Any) -> str:
     """The standard name (``"float32"``) of a dtype of any namespace."""
     text = str(dtype)
-    for name in ("float64", "float32", "float16", "uint64", "uint32", "uint16", "uint8",
-                 "int64", "int32", "int16", "int8", "bool"):
+    for name in (
+        "float64",
+        "float32",
+        "float16",
+        "uint64",
+        "uint32",
+        "uint16",
+        "uint8",
+        "int64",
+        "int32",
+        "int16",
+        "int8",
+        "bool",
+    ):
         if text.endswith(name) or text == f"<class 'numpy.{name}'>" or text.endswith(f"{name}'>"):
             return name
     try:
@@ -301,11 +316,11 @@ def strict_backend() -> Backend:
         import array_api_strict
     except ImportError as exc:
         raise BackendUnavailable(
-            "backend 'array_api_strict' needs the array-api-strict package: "
-            'pip install "xpdl[test]"'
+            "backend 'array_api_strict' needs the array-api-strict package: pip install \"xpdl[test]\""
         ) from exc
-    return Backend("array_api_strict", array_api_strict, array_api_strict.Device("CPU_DEVICE"),
-                   "array_api_strict asked for")
+    return Backend(
+        "array_api_strict", array_api_strict, array_api_strict.Device("CPU_DEVICE"), "array_api_strict asked for"
+    )
 
 
 def cupy_backend(device_id: int = 0) -> Backend:

@@ -72,8 +72,17 @@ def batchnorm_forward(x: Any, gamma: Any, beta: Any, bn_param: dict) -> tuple[An
         out = gamma * xhat + beta
         running_mean = momentum * running_mean + (1.0 - momentum) * mu
         running_var = momentum * running_var + (1.0 - momentum) * var
-        cache = {"mode": "train", "xhat": xhat, "xmu": xmu, "var": var, "inv_std": inv_std,
-                 "gamma": gamma, "eps": eps, "comm": comm, "count": count}
+        cache = {
+            "mode": "train",
+            "xhat": xhat,
+            "xmu": xmu,
+            "var": var,
+            "inv_std": inv_std,
+            "gamma": gamma,
+            "eps": eps,
+            "comm": comm,
+            "count": count,
+        }
     else:
         xhat = (x - running_mean) / xp.sqrt(running_var + eps)
         out = gamma * xhat + beta
@@ -92,8 +101,10 @@ def _synced(bn_param: dict) -> Any:
 def _train_cache(cache: Any) -> dict:
     if not isinstance(cache, dict) or cache.get("mode") != "train":
         got = cache.get("mode") if isinstance(cache, dict) else type(cache).__name__
-        raise ValueError("cache: batch-norm backward needs the cache of a train-mode forward "
-                         f"(bn_param['mode'] == 'train'), got one from mode {got!r}")
+        raise ValueError(
+            "cache: batch-norm backward needs the cache of a train-mode forward "
+            f"(bn_param['mode'] == 'train'), got one from mode {got!r}"
+        )
     return cache
 
 
@@ -104,21 +115,23 @@ def batchnorm_backward(dout: Any, cache: dict) -> tuple[Any, Any, Any]:
     """
     c = _train_cache(cache)
     if c.get("comm") is not None:
-        raise ValueError("cache: a forward with batch statistics synchronized across ranks (bn_param['comm']) "
-                         "is differentiated by batchnorm_backward_alt, not batchnorm_backward")
+        raise ValueError(
+            "cache: a forward with batch statistics synchronized across ranks (bn_param['comm']) "
+            "is differentiated by batchnorm_backward_alt, not batchnorm_backward"
+        )
     xp = namespace(dout=dout, xhat=c["xhat"])
     n = dout.shape[0]
     xmu, inv_std, var, eps = c["xmu"], c["inv_std"], c["var"], c["eps"]
     dbeta = xp.sum(dout, axis=0)
     dgamma = xp.sum(c["xhat"] * dout, axis=0)
     dxhat = c["gamma"] * dout
-    dxmu = dxhat * inv_std                                 # through xhat = xmu * inv_std
+    dxmu = dxhat * inv_std  # through xhat = xmu * inv_std
     dinv_std = xp.sum(dxhat * xmu, axis=0)
-    dstd = -dinv_std * inv_std * inv_std                   # inv_std = 1 / std
-    dvar = 0.5 * dstd / xp.sqrt(var + eps)                 # std = sqrt(var + eps)
-    dxmu = dxmu + (2.0 / n) * xmu * dvar                   # var = mean(xmu ** 2)
+    dstd = -dinv_std * inv_std * inv_std  # inv_std = 1 / std
+    dvar = 0.5 * dstd / xp.sqrt(var + eps)  # std = sqrt(var + eps)
+    dxmu = dxmu + (2.0 / n) * xmu * dvar  # var = mean(xmu ** 2)
     dmu = -xp.sum(dxmu, axis=0)
-    dx = dxmu + dmu / n                                    # xmu = x - mean(x)
+    dx = dxmu + dmu / n  # xmu = x - mean(x)
     return dx, dgamma, dbeta
 
 

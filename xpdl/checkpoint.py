@@ -147,8 +147,9 @@ def save_checkpoint(path: str | os.PathLike[str], trainer: Any, meta: dict[str, 
     return _write(path, trainer.model.config(), arrays, header, meta)
 
 
-def save_model(path: str | os.PathLike[str], model: Any, meta: dict[str, Any],
-               arrays: dict[str, Any] | None = None) -> Path:
+def save_model(
+    path: str | os.PathLike[str], model: Any, meta: dict[str, Any], arrays: dict[str, Any] | None = None
+) -> Path:
     """Save a model alone (kind ``"model"``): ``arrays`` (default: ``model.state_arrays()``) and ``meta``.
 
     ``model`` needs ``config()``, ``state_arrays()`` and ``backend.to_numpy``. ``arrays``
@@ -164,8 +165,9 @@ def _group(prefix: str, arrays: dict[str, Any]) -> dict[str, np.ndarray]:
     return {f"{prefix}/{k}": np.asarray(v) for k, v in arrays.items()}
 
 
-def _write(path: str | os.PathLike[str], config: dict, arrays: dict[str, np.ndarray], header: dict,
-           meta: dict[str, Any]) -> Path:
+def _write(
+    path: str | os.PathLike[str], config: dict, arrays: dict[str, np.ndarray], header: dict, meta: dict[str, Any]
+) -> Path:
     """Assemble ``meta.json`` (with the array manifest) and write the archive atomically."""
     preprocessing = dict(meta.get("preprocessing") or {})
     mean_image = preprocessing.pop("mean_image", None)
@@ -173,11 +175,18 @@ def _write(path: str | os.PathLike[str], config: dict, arrays: dict[str, np.ndar
         arrays["preprocessing/mean_image"] = np.asarray(mean_image)
     from xpdl import __version__
 
-    doc = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **header, "config": config,
-           "preprocessing": preprocessing, "settings": meta.get("settings") or {},
-           "info": meta.get("info") or {}, "xpdl_version": __version__,
-           "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           "arrays": {name: _describe(a) for name, a in arrays.items()}}
+    doc = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        **header,
+        "config": config,
+        "preprocessing": preprocessing,
+        "settings": meta.get("settings") or {},
+        "info": meta.get("info") or {},
+        "xpdl_version": __version__,
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "arrays": {name: _describe(a) for name, a in arrays.items()},
+    }
     entries = {META_ENTRY: np.frombuffer(json.dumps(doc).encode("utf-8"), dtype=np.uint8), **arrays}
     return atomic_write(path, lambda f: np.savez(f, **entries))
 
@@ -210,8 +219,11 @@ def load_checkpoint(path: str | os.PathLike[str], spec: CheckpointSpec) -> dict[
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file" if not path.exists() else
-                              f"{path}: not a checkpoint file (a folder or a device)")
+        raise CheckpointError(
+            f"{path}: no such checkpoint file"
+            if not path.exists()
+            else f"{path}: not a checkpoint file (a folder or a device)"
+        )
     try:
         with zipfile.ZipFile(path) as zf:
             directory = _directory(path, zf)
@@ -253,17 +265,21 @@ def _directory(path: Path, zf: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
             problem = "appears twice" if name in directory else "is not a NAME.npy array entry"
             raise CheckpointError(f"{path}: entry {info.filename[:MAX_NAME]!r} {problem} (not an xpdl checkpoint?)")
         if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
-            raise CheckpointError(f"{path}: entry {name!r} is compressed (zip method {info.compress_type}); "
-                                  "xpdl checkpoints store their arrays uncompressed, as numpy.savez writes them")
+            raise CheckpointError(
+                f"{path}: entry {name!r} is compressed (zip method {info.compress_type}); "
+                "xpdl checkpoints store their arrays uncompressed, as numpy.savez writes them"
+            )
         directory[name] = info
         total += info.file_size
     size = path.stat().st_size
     if total > size:
-        raise CheckpointError(f"{path}: the zip directory declares {total} bytes of entries in a {size}-byte file "
-                              "(truncated or crafted)")
+        raise CheckpointError(
+            f"{path}: the zip directory declares {total} bytes of entries in a {size}-byte file (truncated or crafted)"
+        )
     if META_ENTRY not in directory:
-        raise CheckpointError(f"{path}: not an xpdl checkpoint (no {META_ENTRY!r} entry; "
-                              f"entries: {sorted(directory)[:8]})")
+        raise CheckpointError(
+            f"{path}: not an xpdl checkpoint (no {META_ENTRY!r} entry; entries: {sorted(directory)[:8]})"
+        )
     return directory
 
 
@@ -281,12 +297,13 @@ def _read_meta(path: Path, zf: zipfile.ZipFile, directory: dict[str, zipfile.Zip
         raise CheckpointError(f"{path}: {META_ENTRY} is not valid JSON (corrupted?): {exc}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
         found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-        raise CheckpointError(f"{path}: not an xpdl checkpoint (format {repr(found)[:60]}, "
-                              f"expected {FORMAT_NAME!r})")
+        raise CheckpointError(f"{path}: not an xpdl checkpoint (format {repr(found)[:60]}, expected {FORMAT_NAME!r})")
     version = doc.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
-        raise CheckpointError(f"{path}: {META_ENTRY}: version: format version {repr(version)[:40]}; this xpdl "
-                              f"reads versions 1..{FORMAT_VERSION} (written by a newer xpdl?)")
+        raise CheckpointError(
+            f"{path}: {META_ENTRY}: version: format version {repr(version)[:40]}; this xpdl "
+            f"reads versions 1..{FORMAT_VERSION} (written by a newer xpdl?)"
+        )
     return doc
 
 
@@ -295,20 +312,35 @@ def _decimal_below(limit: int) -> Callable[[str], str]:
     return lambda text: "" if int(text) < limit else f"a decimal integer below 2**{limit.bit_length() - 1}"
 
 
-RNG_SCHEMA = Obj({"key": Check(Str(pattern=r"[0-9]{1,39}"), _decimal_below(2**128)),
-                  "counter": Check(Str(pattern=r"[0-9]{1,78}"), _decimal_below(2**256))},
-                 required={"key", "counter"})
+RNG_SCHEMA = Obj(
+    {
+        "key": Check(Str(pattern=r"[0-9]{1,39}"), _decimal_below(2**128)),
+        "counter": Check(Str(pattern=r"[0-9]{1,78}"), _decimal_below(2**256)),
+    },
+    required={"key", "counter"},
+)
 ACCURACY = Number(ge=0, le=1)
-HISTORY_SCHEMA = Obj({"loss_history": ListOf(Number()), "train_acc_history": ListOf(ACCURACY),
-                      "val_acc_history": ListOf(ACCURACY), "lr_history": ListOf(Nullable(Number(ge=0))),
-                      "time_history": ListOf(Number(ge=0)), "check_iterations": ListOf(Int(min=0))},
-                     required={"loss_history", "train_acc_history", "val_acc_history"},
-                     extra=ListOf(Nullable(Number())))
-COUNTERS_SCHEMA = Obj({"t": Int(min=0), "epoch": Int(min=0), "best_val_acc": Number(ge=-1, le=1),
-                       "train_seconds": Number(ge=0)},
-                      required={"t", "epoch", "best_val_acc"}, extra=Nullable(Number()))
-MANIFEST_ENTRY = Obj({"shape": ListOf(Int(min=0), max_len=MAX_DIMS), "dtype": Str(max_len=8),
-                      "crc32": Int(min=0, max=2**32 - 1)}, required={"shape", "dtype", "crc32"})
+HISTORY_SCHEMA = Obj(
+    {
+        "loss_history": ListOf(Number()),
+        "train_acc_history": ListOf(ACCURACY),
+        "val_acc_history": ListOf(ACCURACY),
+        "lr_history": ListOf(Nullable(Number(ge=0))),
+        "time_history": ListOf(Number(ge=0)),
+        "check_iterations": ListOf(Int(min=0)),
+    },
+    required={"loss_history", "train_acc_history", "val_acc_history"},
+    extra=ListOf(Nullable(Number())),
+)
+COUNTERS_SCHEMA = Obj(
+    {"t": Int(min=0), "epoch": Int(min=0), "best_val_acc": Number(ge=-1, le=1), "train_seconds": Number(ge=0)},
+    required={"t", "epoch", "best_val_acc"},
+    extra=Nullable(Number()),
+)
+MANIFEST_ENTRY = Obj(
+    {"shape": ListOf(Int(min=0), max_len=MAX_DIMS), "dtype": Str(max_len=8), "crc32": Int(min=0, max=2**32 - 1)},
+    required={"shape", "dtype", "crc32"},
+)
 
 
 def _document_schema(spec: CheckpointSpec, kind: str, config: dict[str, Any]) -> Obj:
@@ -318,22 +350,35 @@ def _document_schema(spec: CheckpointSpec, kind: str, config: dict[str, Any]) ->
     def fits_input(shape: list[int]) -> str:
         return "" if input_dim is None or math.prod(shape) == input_dim else f"a shape of {input_dim} values"
 
-    preprocessing = Obj({
-        "dataset": Str(choices=spec.datasets, max_len=100),
-        "scale": Number(gt=0),
-        "image_shape": Check(ListOf(Int(min=1), min_len=1, max_len=4), fits_input),
-        "classes": ListOf(Str(max_len=200), min_len=num_classes or 0, max_len=num_classes or 100_000),
-    })
+    preprocessing = Obj(
+        {
+            "dataset": Str(choices=spec.datasets, max_len=100),
+            "scale": Number(gt=0),
+            "image_shape": Check(ListOf(Int(min=1), min_len=1, max_len=4), fits_input),
+            "classes": ListOf(Str(max_len=200), min_len=num_classes or 0, max_len=num_classes or 100_000),
+        }
+    )
     fields: dict[str, Node] = {
-        "format": Str(), "version": Int(min=1, max=FORMAT_VERSION), "kind": Str(choices=KINDS),
-        "config": AnyJSON(max_depth=2), "preprocessing": preprocessing, "settings": spec.settings,
-        "info": MapOf(AnyJSON(max_depth=8), max_len=200), "xpdl_version": Str(max_len=100),
-        "saved_at": Str(max_len=100), "arrays": MapOf(MANIFEST_ENTRY, key_pattern=f".{{1,{MAX_NAME}}}"),
+        "format": Str(),
+        "version": Int(min=1, max=FORMAT_VERSION),
+        "kind": Str(choices=KINDS),
+        "config": AnyJSON(max_depth=2),
+        "preprocessing": preprocessing,
+        "settings": spec.settings,
+        "info": MapOf(AnyJSON(max_depth=8), max_len=200),
+        "xpdl_version": Str(max_len=100),
+        "saved_at": Str(max_len=100),
+        "arrays": MapOf(MANIFEST_ENTRY, key_pattern=f".{{1,{MAX_NAME}}}"),
     }
     required = {"format", "version", "kind", "config", "arrays"}
     if kind == "training":
-        fields.update(update_rule=Str(choices=tuple(spec.update_rules)), counters=COUNTERS_SCHEMA,
-                      history=HISTORY_SCHEMA, rng=RNG_SCHEMA, updater_scalars=AnyJSON(max_depth=2))
+        fields.update(
+            update_rule=Str(choices=tuple(spec.update_rules)),
+            counters=COUNTERS_SCHEMA,
+            history=HISTORY_SCHEMA,
+            rng=RNG_SCHEMA,
+            updater_scalars=AnyJSON(max_depth=2),
+        )
         required |= {"update_rule", "counters", "history", "rng", "updater_scalars"}
     return Obj(fields, required=required)
 
@@ -345,14 +390,21 @@ def _scalars_schema(spec: CheckpointSpec, rule: str, params: list[str], started:
     learning rate >= 0; once training has started (``started``) every one must be present.
     """
     defaults = spec.update_rules[rule][0]
-    fields = {k: Int(min=0) if isinstance(d, int) and not isinstance(d, bool) else
-              Number(ge=0) if k == "learning_rate" else Number() for k, d in defaults.items()}
+    fields = {
+        k: Int(min=0)
+        if isinstance(d, int) and not isinstance(d, bool)
+        else Number(ge=0)
+        if k == "learning_rate"
+        else Number()
+        for k, d in defaults.items()
+    }
     per_param = Obj(fields, required=set(fields) if started else set())
     return Obj(dict.fromkeys(params, per_param), required=set(params))
 
 
-def _check_document(path: Path, doc: dict[str, Any],
-                    spec: CheckpointSpec) -> tuple[dict[str, Any], dict[str, tuple[tuple[int, ...], tuple[str, ...]]]]:
+def _check_document(
+    path: Path, doc: dict[str, Any], spec: CheckpointSpec
+) -> tuple[dict[str, Any], dict[str, tuple[tuple[int, ...], tuple[str, ...]]]]:
     """Check the whole ``meta.json``; returns the checkpoint dict (arrays still missing) and the expected arrays.
 
     The expected arrays map each entry name to (shape, accepted dtype strings).
@@ -370,20 +422,36 @@ def _check_document(path: Path, doc: dict[str, Any],
     manifest = doc["arrays"]
     missing, extra = sorted(set(expected) - set(manifest)), sorted(set(manifest) - set(expected))
     if missing or extra:
-        raise CheckpointError(f"{path}: arrays do not fit the architecture in {META_ENTRY} "
-                              f"(missing {missing[:8]}, unexpected {extra[:8]})")
+        raise CheckpointError(
+            f"{path}: arrays do not fit the architecture in {META_ENTRY} "
+            f"(missing {missing[:8]}, unexpected {extra[:8]})"
+        )
     for name, (shape, dtypes) in expected.items():
         got = manifest[name]
         if tuple(got["shape"]) != shape or got["dtype"] not in dtypes:
-            raise CheckpointError(f"{path}: {name} does not fit the architecture: expected shape {shape} "
-                                  f"dtype {dtypes[0]}, the manifest says {tuple(got['shape'])} {got['dtype']}")
-    ckpt = {"kind": kind, "version": doc["version"], "config": config,
-            "preprocessing": dict(doc.get("preprocessing", {})), "settings": doc.get("settings", {}),
-            "info": doc.get("info", {}), "saved_at": doc.get("saved_at"), "xpdl_version": doc.get("xpdl_version"),
-            "manifest": {name: {**manifest[name], "shape": expected[name][0]} for name in expected}}
+            raise CheckpointError(
+                f"{path}: {name} does not fit the architecture: expected shape {shape} "
+                f"dtype {dtypes[0]}, the manifest says {tuple(got['shape'])} {got['dtype']}"
+            )
+    ckpt = {
+        "kind": kind,
+        "version": doc["version"],
+        "config": config,
+        "preprocessing": dict(doc.get("preprocessing", {})),
+        "settings": doc.get("settings", {}),
+        "info": doc.get("info", {}),
+        "saved_at": doc.get("saved_at"),
+        "xpdl_version": doc.get("xpdl_version"),
+        "manifest": {name: {**manifest[name], "shape": expected[name][0]} for name in expected},
+    }
     if kind == "training":
-        ckpt.update(update_rule=doc["update_rule"], counters=doc["counters"], history=doc["history"],
-                    rng={k: int(v) for k, v in doc["rng"].items()}, updater_scalars=doc["updater_scalars"])
+        ckpt.update(
+            update_rule=doc["update_rule"],
+            counters=doc["counters"],
+            history=doc["history"],
+            rng={k: int(v) for k, v in doc["rng"].items()},
+            updater_scalars=doc["updater_scalars"],
+        )
     return ckpt, {name: (shape, dtypes) for name, (shape, dtypes) in expected.items()}
 
 
@@ -401,8 +469,9 @@ def _check_config(spec: CheckpointSpec, config: Any) -> dict[str, Any]:
         raise SchemaError("config", str(exc)) from None
 
 
-def _expected_arrays(spec: CheckpointSpec, doc: dict[str, Any], config: dict[str, Any],
-                     shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
+def _expected_arrays(
+    spec: CheckpointSpec, doc: dict[str, Any], config: dict[str, Any], shapes: dict[str, tuple[int, ...]]
+) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
     """Every entry the document's architecture, kind and update rule imply: name -> (shape, dtype strings).
 
     Optional groups (``best`` before the first accuracy check, the update-rule arrays
@@ -420,14 +489,17 @@ def _expected_arrays(spec: CheckpointSpec, doc: dict[str, Any], config: dict[str
     rule = doc["update_rule"]
     params = spec.param_names(config)
     started = doc["counters"]["t"] > 0
-    doc["updater_scalars"] = _scalars_schema(spec, rule, params, started).check(doc["updater_scalars"],
-                                                                                "updater_scalars")
+    doc["updater_scalars"] = _scalars_schema(spec, rule, params, started).check(
+        doc["updater_scalars"], "updater_scalars"
+    )
     state_keys = spec.update_rules[rule][1]
     listed = {name.split("/")[-1] for name in manifest if name.startswith("updater/")}
     strays = sorted(listed - set(state_keys))
     if strays:
-        raise SchemaError(f"arrays.updater/*/{strays[0][:40]}",
-                          f"state array of another update rule; {rule!r} keeps {list(state_keys)}")
+        raise SchemaError(
+            f"arrays.updater/*/{strays[0][:40]}",
+            f"state array of another update rule; {rule!r} keeps {list(state_keys)}",
+        )
     if started or listed:
         expected.update({f"updater/{p}/{k}": (tuple(shapes[p]), floats) for p in params for k in state_keys})
     return expected
@@ -439,24 +511,33 @@ def _dtype_strings(*names: str) -> tuple[str, ...]:
     return little + tuple(np.dtype(n).newbyteorder(">").str for n in names)
 
 
-def _check_directory(path: Path, directory: dict[str, zipfile.ZipInfo],
-                     expected: dict[str, tuple[tuple[int, ...], tuple[str, ...]]]) -> None:
+def _check_directory(
+    path: Path, directory: dict[str, zipfile.ZipInfo], expected: dict[str, tuple[tuple[int, ...], tuple[str, ...]]]
+) -> None:
     """The archive holds exactly the expected entries, each of the size its shape and dtype imply."""
     names = set(directory) - {META_ENTRY}
     missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
     if missing or extra:
-        raise CheckpointError(f"{path}: entries do not match the manifest (missing {missing[:8]}, "
-                              f"unexpected {extra[:8]})")
+        raise CheckpointError(
+            f"{path}: entries do not match the manifest (missing {missing[:8]}, unexpected {extra[:8]})"
+        )
     for name, (shape, dtypes) in expected.items():
         nbytes = math.prod(shape) * np.dtype(dtypes[0]).itemsize
         size = directory[name].file_size
         if not nbytes < size <= nbytes + MAX_NPY_HEADER:
-            raise CheckpointError(f"{path}: entry {name!r} is {size} bytes; its shape {shape} and dtype "
-                                  f"{dtypes[0]} need {nbytes} bytes of data plus a header")
+            raise CheckpointError(
+                f"{path}: entry {name!r} is {size} bytes; its shape {shape} and dtype "
+                f"{dtypes[0]} need {nbytes} bytes of data plus a header"
+            )
 
 
-def _read_array(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str,
-                want: tuple[tuple[int, ...], tuple[str, ...]] | None) -> np.ndarray:
+def _read_array(
+    path: Path,
+    zf: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    name: str,
+    want: tuple[tuple[int, ...], tuple[str, ...]] | None,
+) -> np.ndarray:
     """One ``.npy`` entry: header checked against ``want`` (shape, dtype strings), then exactly its bytes read.
 
     ``want=None`` is ``meta.json``: a 1-D uint8 array. Arrays of the model, the best
@@ -466,8 +547,7 @@ def _read_array(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: st
         version = np.lib.format.read_magic(f)
         if version not in ((1, 0), (2, 0)):
             raise CheckpointError(f"{path}: entry {name!r} is .npy format version {version}; expected 1.0 or 2.0")
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-            np.lib.format.read_array_header_2_0
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran_order, dtype = read_header(f, max_header_size=MAX_NPY_HEADER)
         if want is None:
             ok = dtype == np.uint8 and len(shape) == 1
@@ -476,12 +556,15 @@ def _read_array(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: st
             ok = tuple(shape) == want[0] and dtype.str in want[1]
             expected = f"shape {want[0]} dtype {want[1][0]}"
         if not ok or fortran_order and len(shape) > 1:
-            raise CheckpointError(f"{path}: entry {name!r} holds shape {tuple(shape)} dtype {dtype}, "
-                                  f"expected {expected} (as the manifest says)")
+            raise CheckpointError(
+                f"{path}: entry {name!r} holds shape {tuple(shape)} dtype {dtype}, "
+                f"expected {expected} (as the manifest says)"
+            )
         nbytes = math.prod(shape) * dtype.itemsize
         if f.tell() + nbytes != info.file_size:
-            raise CheckpointError(f"{path}: entry {name!r} is {info.file_size} bytes, its header says "
-                                  f"{f.tell() + nbytes}")
+            raise CheckpointError(
+                f"{path}: entry {name!r} is {info.file_size} bytes, its header says {f.tell() + nbytes}"
+            )
         buf = bytearray(nbytes)
         if f.readinto(buf) != nbytes or f.read(1):
             raise CheckpointError(f"{path}: entry {name!r} is truncated")
@@ -516,8 +599,13 @@ def _fill_arrays(ckpt: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
 
 
 # ---------------------------------------------------------------- building
-def build_model(ckpt: dict[str, Any], model_class: Callable[..., Any], backend: Any = None,
-                which: str = "model", seed: int | None = 0) -> Any:
+def build_model(
+    ckpt: dict[str, Any],
+    model_class: Callable[..., Any],
+    backend: Any = None,
+    which: str = "model",
+    seed: int | None = 0,
+) -> Any:
     """A new ``model_class(**config, seed=seed, backend=backend)`` holding the checkpoint's ``which`` arrays.
 
     ``which`` is ``"model"`` (the current weights) or ``"best"`` (training files).
@@ -535,8 +623,10 @@ def build_model(ckpt: dict[str, Any], model_class: Callable[..., Any], backend: 
 def trainer_state(ckpt: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint as :meth:`Trainer.get_state` output (for :meth:`Trainer.set_state`)."""
     if ckpt.get("kind") != "training":
-        raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: a {ckpt.get('kind')!r} file, "
-                              "not a training checkpoint (use checkpoint.npz, not best.npz)")
+        raise CheckpointError(
+            f"{ckpt.get('path', 'checkpoint')}: a {ckpt.get('kind')!r} file, "
+            "not a training checkpoint (use checkpoint.npz, not best.npz)"
+        )
     return {key: ckpt[key] for key in ("counters", "history", "model", "best", "updater", "rng")}
 
 
@@ -550,8 +640,10 @@ def restore_trainer(ckpt: dict[str, Any], trainer: Any) -> Any:
     state = trainer_state(ckpt)
     rule = trainer.update_rule_name
     if isinstance(rule, str) and rule != ckpt["update_rule"]:
-        raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: saved with update rule "
-                              f"{ckpt['update_rule']!r}, the trainer uses {rule!r}")
+        raise CheckpointError(
+            f"{ckpt.get('path', 'checkpoint')}: saved with update rule "
+            f"{ckpt['update_rule']!r}, the trainer uses {rule!r}"
+        )
     try:
         trainer.set_state(state)
     except (KeyError, TypeError, ValueError) as exc:

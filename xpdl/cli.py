@@ -85,20 +85,33 @@ NORMALIZATION_CHOICES = ("none", "batchnorm", "layernorm")
 SEED_LIMIT = 2**128
 
 #: The schema of the ``settings`` a run saves in its checkpoints (checked when one is read).
-SETTINGS_SCHEMA = schema.Obj({
-    "data": schema.Str(choices=DATASETS), "data_dir": schema.Str(max_len=4096), "download": schema.Bool(),
-    "hidden_dims": schema.ListOf(schema.Int(min=1), max_len=1000),
-    # "batchnorm": runs saved before "normalization" existed (see migrate_settings)
-    "normalization": schema.Str(choices=NORMALIZATION_CHOICES), "batchnorm": schema.Bool(),
-    "weight_decay": schema.Nullable(schema.Number(ge=0)),
-    "dropout": schema.Number(ge=0, le=1), "weight_scale": schema.Number(gt=0), "reg": schema.Number(ge=0),
-    "update_rule": schema.Str(choices=UPDATE_RULES), "lr": schema.Number(gt=0), "lr_decay": schema.Number(gt=0),
-    "epochs": schema.Int(min=1), "batch_size": schema.Int(min=1),
-    "backend": schema.Check(schema.Str(max_len=40), lambda name: _backend_problem(name)),
-    "dtype": schema.Str(choices=("float32", "float64")), "seed": schema.Int(min=0, max=SEED_LIMIT - 1),
-    "checkpoint_every": schema.Nullable(schema.Int(min=1)), "num_val": schema.Nullable(schema.Int(min=1)),
-    "local_batchnorm": schema.Bool(), "split_seed": schema.Nullable(schema.Int(min=0, max=SEED_LIMIT - 1)),
-})
+SETTINGS_SCHEMA = schema.Obj(
+    {
+        "data": schema.Str(choices=DATASETS),
+        "data_dir": schema.Str(max_len=4096),
+        "download": schema.Bool(),
+        "hidden_dims": schema.ListOf(schema.Int(min=1), max_len=1000),
+        # "batchnorm": runs saved before "normalization" existed (see migrate_settings)
+        "normalization": schema.Str(choices=NORMALIZATION_CHOICES),
+        "batchnorm": schema.Bool(),
+        "weight_decay": schema.Nullable(schema.Number(ge=0)),
+        "dropout": schema.Number(ge=0, le=1),
+        "weight_scale": schema.Number(gt=0),
+        "reg": schema.Number(ge=0),
+        "update_rule": schema.Str(choices=UPDATE_RULES),
+        "lr": schema.Number(gt=0),
+        "lr_decay": schema.Number(gt=0),
+        "epochs": schema.Int(min=1),
+        "batch_size": schema.Int(min=1),
+        "backend": schema.Check(schema.Str(max_len=40), lambda name: _backend_problem(name)),
+        "dtype": schema.Str(choices=("float32", "float64")),
+        "seed": schema.Int(min=0, max=SEED_LIMIT - 1),
+        "checkpoint_every": schema.Nullable(schema.Int(min=1)),
+        "num_val": schema.Nullable(schema.Int(min=1)),
+        "local_batchnorm": schema.Bool(),
+        "split_seed": schema.Nullable(schema.Int(min=0, max=SEED_LIMIT - 1)),
+    }
+)
 
 #: Settings ``--resume`` may change; the others define the run and stay as saved.
 RESUMABLE = ("epochs", "backend", "data_dir", "download", "checkpoint_every")
@@ -215,21 +228,29 @@ class ArgumentParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The ``xpdl`` argument parser with its three subcommands."""
     parser = ArgumentParser(
-        prog="xpdl", description="Train, evaluate and inspect fully-connected nets (also: python -m xpdl).",
+        prog="xpdl",
+        description="Train, evaluate and inspect fully-connected nets (also: python -m xpdl).",
         epilog="Run 'xpdl COMMAND --help' for a command's options. Exit codes: 0 ok, 1 training diverged, "
-               "2 bad arguments or missing data, 130 interrupted.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,info}",
-                                parser_class=ArgumentParser)
-    _add_train(sub.add_parser("train", help="train a fully-connected net and write a run folder",
-                              description=TRAIN_DESCRIPTION))
+        "2 bad arguments or missing data, 130 interrupted.",
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{train,evaluate,info}", parser_class=ArgumentParser
+    )
+    _add_train(
+        sub.add_parser(
+            "train", help="train a fully-connected net and write a run folder", description=TRAIN_DESCRIPTION
+        )
+    )
     _add_evaluate(sub.add_parser("evaluate", help="test accuracy and confusion matrix of a run or checkpoint"))
     sub.add_parser("info", help="backends that work here (and why others do not), devices, library versions")
     tune.add_parser(sub)
     return parser
 
 
-TRAIN_DESCRIPTION = ("Train a fully-connected net; options left out keep the defaults shown (or, with --resume, "
-                     "the run's saved settings).")
+TRAIN_DESCRIPTION = (
+    "Train a fully-connected net; options left out keep the defaults shown (or, with --resume, "
+    "the run's saved settings)."
+)
 
 
 def build_train_parser() -> argparse.ArgumentParser:
@@ -245,59 +266,128 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     arch.add_argument("--data", choices=DATASETS, help=f"dataset (default {d['data']})")
     arch.add_argument("--data-dir", help=f"folder holding the datasets (default {d['data_dir']})")
     arch.add_argument("--download", action="store_true", default=None, help="download the dataset if missing")
-    arch.add_argument("--num-val", type=positive_int, metavar="N",
-                      help="training images held out for validation (default: the dataset's usual split, "
-                           "at most a quarter of the training images)")
-    arch.add_argument("--hidden-dims", type=hidden_dims, metavar="W1,W2,...",
-                      help=f"hidden layer widths (default {','.join(map(str, d['hidden_dims']))})")
-    arch.add_argument("--normalization", choices=NORMALIZATION_CHOICES,
-                      help=f"normalization after every hidden affine layer (default {d['normalization']})")
-    arch.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=None,
-                      help="the same as --normalization batchnorm / none")
-    arch.add_argument("--dropout", type=keep_probability, metavar="P",
-                      help=f"dropout keep probability; 0 turns dropout off (default {d['dropout']})")
-    arch.add_argument("--weight-scale", type=positive_float, metavar="S",
-                      help=f"std of the initial weights (default {d['weight_scale']})")
+    arch.add_argument(
+        "--num-val",
+        type=positive_int,
+        metavar="N",
+        help="training images held out for validation (default: the dataset's usual split, "
+        "at most a quarter of the training images)",
+    )
+    arch.add_argument(
+        "--hidden-dims",
+        type=hidden_dims,
+        metavar="W1,W2,...",
+        help=f"hidden layer widths (default {','.join(map(str, d['hidden_dims']))})",
+    )
+    arch.add_argument(
+        "--normalization",
+        choices=NORMALIZATION_CHOICES,
+        help=f"normalization after every hidden affine layer (default {d['normalization']})",
+    )
+    arch.add_argument(
+        "--batchnorm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the same as --normalization batchnorm / none",
+    )
+    arch.add_argument(
+        "--dropout",
+        type=keep_probability,
+        metavar="P",
+        help=f"dropout keep probability; 0 turns dropout off (default {d['dropout']})",
+    )
+    arch.add_argument(
+        "--weight-scale",
+        type=positive_float,
+        metavar="S",
+        help=f"std of the initial weights (default {d['weight_scale']})",
+    )
     arch.add_argument("--reg", type=nonnegative_float, metavar="R", help=f"L2 regularization (default {d['reg']})")
     arch.add_argument("--dtype", choices=("float32", "float64"), help=f"float type (default {d['dtype']})")
     opt = p.add_argument_group("optimization")
     opt.add_argument("--update-rule", choices=UPDATE_RULES, help=f"update rule (default {d['update_rule']})")
     opt.add_argument("--lr", type=positive_float, metavar="LR", help=f"learning rate (default {d['lr']})")
-    opt.add_argument("--weight-decay", type=nonnegative_float, metavar="WD",
-                     help="decoupled weight decay of --update-rule adamw (default 0.01)")
-    opt.add_argument("--lr-decay", type=positive_float, metavar="F",
-                     help=f"learning rate factor after each epoch (default {d['lr_decay']})")
-    opt.add_argument("--epochs", type=positive_int, metavar="N",
-                     help=f"epochs in total; with --resume, train on until N (default {d['epochs']})")
+    opt.add_argument(
+        "--weight-decay",
+        type=nonnegative_float,
+        metavar="WD",
+        help="decoupled weight decay of --update-rule adamw (default 0.01)",
+    )
+    opt.add_argument(
+        "--lr-decay",
+        type=positive_float,
+        metavar="F",
+        help=f"learning rate factor after each epoch (default {d['lr_decay']})",
+    )
+    opt.add_argument(
+        "--epochs",
+        type=positive_int,
+        metavar="N",
+        help=f"epochs in total; with --resume, train on until N (default {d['epochs']})",
+    )
     opt.add_argument("--batch-size", type=positive_int, metavar="B", help=f"batch size (default {d['batch_size']})")
-    opt.add_argument("--seed", type=seed, metavar="S",
-                     help=f"seeds the validation split, weights, dropout and shuffles (default {d['seed']})")
-    opt.add_argument("--split-seed", type=seed, metavar="S",
-                     help="seeds the validation split alone (default: --seed); xpdl tune fixes it for all trials")
+    opt.add_argument(
+        "--seed",
+        type=seed,
+        metavar="S",
+        help=f"seeds the validation split, weights, dropout and shuffles (default {d['seed']})",
+    )
+    opt.add_argument(
+        "--split-seed",
+        type=seed,
+        metavar="S",
+        help="seeds the validation split alone (default: --seed); xpdl tune fixes it for all trials",
+    )
     run = p.add_argument_group("run")
-    run.add_argument("--backend", type=backend_option, metavar="NAME",
-                     help="auto, numpy, cupy, cupy:N or array_api_strict (default $XPDL_BACKEND or auto)")
+    run.add_argument(
+        "--backend",
+        type=backend_option,
+        metavar="NAME",
+        help="auto, numpy, cupy, cupy:N or array_api_strict (default $XPDL_BACKEND or auto)",
+    )
     run.add_argument("--out", metavar="DIR", help="run folder to create (default runs/<timestamp>)")
     run.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN with its saved settings")
-    run.add_argument("--checkpoint-every", type=positive_int, metavar="N",
-                     help="save checkpoint.npz every N iterations (default: at every epoch end)")
+    run.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        metavar="N",
+        help="save checkpoint.npz every N iterations (default: at every epoch end)",
+    )
     run.add_argument("--quiet", action="store_true", help="print only the final summary line")
-    run.add_argument("--nproc", type=positive_int, metavar="N",
-                     help="train data-parallel on N ranks on this machine (starts mpiexec; needs xpdl[mpi])")
-    arch.add_argument("--local-batchnorm", action="store_true", default=None,
-                      help="with several ranks, batch norm with each rank's own statistics (default: the batch's)")
+    run.add_argument(
+        "--nproc",
+        type=positive_int,
+        metavar="N",
+        help="train data-parallel on N ranks on this machine (starts mpiexec; needs xpdl[mpi])",
+    )
+    arch.add_argument(
+        "--local-batchnorm",
+        action="store_true",
+        default=None,
+        help="with several ranks, batch norm with each rank's own statistics (default: the batch's)",
+    )
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("target", metavar="RUN_OR_CHECKPOINT",
-                   help="a run folder (uses its best.npz) or a .npz file (uses its current weights)")
+    p.add_argument(
+        "target",
+        metavar="RUN_OR_CHECKPOINT",
+        help="a run folder (uses its best.npz) or a .npz file (uses its current weights)",
+    )
     p.add_argument("--data", choices=DATASETS, help="dataset whose test split to use (default: the trained one)")
     p.add_argument("--data-dir", help="folder holding the datasets (default: the run's)")
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
-    p.add_argument("--backend", type=backend_option, metavar="NAME",
-                   help="auto, numpy, cupy, cupy:N or array_api_strict (default $XPDL_BACKEND or auto)")
-    p.add_argument("--plot", action="store_true",
-                   help="also draw the confusion matrix into confusion.png in the checkpoint's folder")
+    p.add_argument(
+        "--backend",
+        type=backend_option,
+        metavar="NAME",
+        help="auto, numpy, cupy, cupy:N or array_api_strict (default $XPDL_BACKEND or auto)",
+    )
+    p.add_argument(
+        "--plot",
+        action="store_true",
+        help="also draw the confusion matrix into confusion.png in the checkpoint's folder",
+    )
     p.add_argument("--out", metavar="DIR", help="draw confusion.png into DIR instead (implies --plot)")
 
 
@@ -312,8 +402,10 @@ def new_settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.backend is None:
         settings["backend"] = env_backend_name()
     if settings["weight_decay"] is not None and settings["update_rule"] != "adamw":
-        raise UsageError(f"--weight-decay: only --update-rule adamw decays weights, got --update-rule "
-                         f"{settings['update_rule']} (use --reg for an L2 penalty)")
+        raise UsageError(
+            f"--weight-decay: only --update-rule adamw decays weights, got --update-rule "
+            f"{settings['update_rule']} (use --reg for an L2 penalty)"
+        )
     return settings
 
 
@@ -368,8 +460,10 @@ def resumed_settings(saved: dict[str, Any], args: argparse.Namespace) -> dict[st
         elif value != settings[key]:
             conflicts.append(f"--{key.replace('_', '-')} (saved {settings[key]!r}, given {value!r})")
     if conflicts:
-        raise UsageError(f"--resume continues a run with its saved settings; these cannot change: "
-                         f"{', '.join(conflicts)}. Start a new run to change them.")
+        raise UsageError(
+            f"--resume continues a run with its saved settings; these cannot change: "
+            f"{', '.join(conflicts)}. Start a new run to change them."
+        )
     if args.out is not None:
         raise UsageError("--out cannot be combined with --resume: a resumed run writes into its own folder")
     return settings
@@ -380,10 +474,17 @@ def trainer_options(settings: dict[str, Any]) -> dict[str, Any]:
     config = {"learning_rate": settings["lr"]}
     if settings.get("weight_decay") is not None:
         config["weight_decay"] = settings["weight_decay"]
-    return {"update_rule": settings["update_rule"], "updater_config": config,
-            "lr_decay": settings["lr_decay"], "batch_size": settings["batch_size"],
-            "num_epochs": settings["epochs"], "seed": settings["seed"], "verbose": False,
-            "comm": distributed.init(), "local_batchnorm": bool(settings["local_batchnorm"])}
+    return {
+        "update_rule": settings["update_rule"],
+        "updater_config": config,
+        "lr_decay": settings["lr_decay"],
+        "batch_size": settings["batch_size"],
+        "num_epochs": settings["epochs"],
+        "seed": settings["seed"],
+        "verbose": False,
+        "comm": distributed.init(),
+        "local_batchnorm": bool(settings["local_batchnorm"]),
+    }
 
 
 def open_backend(name: str | None, option: str = "--backend") -> Backend:
@@ -417,12 +518,15 @@ def load_data(settings: dict[str, Any]) -> dict[str, Any]:
     raw = read_raw(name, data_dir, bool(settings["download"]))
     n = len(raw["y_train"])
     if n < 2:
-        raise UsageError(f"--data {name}: {data_dir} holds {n} training images; training needs at least 2 "
-                         "(some for training, one or more for validation)")
+        raise UsageError(
+            f"--data {name}: {data_dir} holds {n} training images; training needs at least 2 "
+            "(some for training, one or more for validation)"
+        )
     num_val = settings["num_val"] or auto_num_val(name, n)
     if num_val >= n:
-        raise UsageError(f"--num-val {num_val}: expected fewer than the {n} training images of {name} "
-                         f"(in {data_dir}), got {num_val}")
+        raise UsageError(
+            f"--num-val {num_val}: expected fewer than the {n} training images of {name} (in {data_dir}), got {num_val}"
+        )
     split_seed = settings["seed"] if settings.get("split_seed") is None else settings["split_seed"]
     return prepare(raw, num_val=num_val, seed=split_seed, dtype=settings["dtype"])
 
@@ -434,24 +538,37 @@ def read_raw(name: str, data_dir: Path, download: bool) -> dict[str, Any]:
     try:
         return load_raw(name, data_dir=data_dir, download=download)
     except OSError as exc:
-        raise UsageError(f"--data-dir {data_dir}: cannot {'download into' if download else 'read'} it: "
-                         f"{describe_os_error(exc)}") from None
+        raise UsageError(
+            f"--data-dir {data_dir}: cannot {'download into' if download else 'read'} it: {describe_os_error(exc)}"
+        ) from None
 
 
 def preprocessing_meta(data: dict[str, Any]) -> dict[str, Any]:
     """What a checkpoint keeps to preprocess new data like the training data."""
-    return {"dataset": data["name"], "scale": float(data["scale"]), "mean_image": data["mean_image"],
-            "image_shape": list(data["image_shape"]), "classes": list(data["classes"])}
+    return {
+        "dataset": data["name"],
+        "scale": float(data["scale"]),
+        "mean_image": data["mean_image"],
+        "image_shape": list(data["image_shape"]),
+        "classes": list(data["classes"]),
+    }
 
 
 def build_trainer(settings: dict[str, Any], data: dict[str, Any], backend: Backend) -> Trainer:
     """The net and trainer of a new run; a setting they refuse is a UsageError."""
     try:
-        net = FullyConnectedNet(input_dim=int(data["X_train"].shape[1]), hidden_dims=settings["hidden_dims"],
-                                num_classes=int(data["num_classes"]), dropout=settings["dropout"],
-                                normalization=_normalization(settings), reg=settings["reg"],
-                                weight_scale=settings["weight_scale"], seed=settings["seed"],
-                                dtype=settings["dtype"], backend=backend)
+        net = FullyConnectedNet(
+            input_dim=int(data["X_train"].shape[1]),
+            hidden_dims=settings["hidden_dims"],
+            num_classes=int(data["num_classes"]),
+            dropout=settings["dropout"],
+            normalization=_normalization(settings),
+            reg=settings["reg"],
+            weight_scale=settings["weight_scale"],
+            seed=settings["seed"],
+            dtype=settings["dtype"],
+            backend=backend,
+        )
         return Trainer(net, data, **trainer_options(settings))
     except (TypeError, ValueError) as exc:
         raise UsageError(f"these settings cannot train: {exc}") from None
@@ -520,13 +637,18 @@ def _resume(run: RunFolder, ckpt_path: Path, args: argparse.Namespace) -> Sessio
     if ckpt["kind"] != "training":
         raise UsageError(f"--resume {args.resume}: {ckpt_path} is a model file, not a training checkpoint")
     settings = resumed_settings(ckpt["settings"], args)
-    backend = open_backend(distributed.rank_backend_name(settings["backend"], distributed.init()),
-                           option="--backend" if args.backend else "saved backend")
+    backend = open_backend(
+        distributed.rank_backend_name(settings["backend"], distributed.init()),
+        option="--backend" if args.backend else "saved backend",
+    )
     data = load_data(settings)
     saved_mean = ckpt["preprocessing"].get("mean_image")
     if saved_mean is not None and not np.array_equal(saved_mean, data["mean_image"]):
-        print(f"xpdl: warning: the {settings['data']} training data differs from the run's "
-              "(its mean image changed); the continuation will not match an uninterrupted run", file=sys.stderr)
+        print(
+            f"xpdl: warning: the {settings['data']} training data differs from the run's "
+            "(its mean image changed); the continuation will not match an uninterrupted run",
+            file=sys.stderr,
+        )
     try:
         trainer = Trainer(build_model(ckpt, backend, seed=settings["seed"]), data, **trainer_options(settings))
     except (TypeError, ValueError) as exc:
@@ -534,13 +656,16 @@ def _resume(run: RunFolder, ckpt_path: Path, args: argparse.Namespace) -> Sessio
     restore_trainer(ckpt, trainer)
     done = trainer.t / trainer.iterations_per_epoch
     if trainer.t > trainer.num_iterations:
-        raise UsageError(f"--epochs {settings['epochs']}: the run has done {done:.4g} epochs already; "
-                         "expected a total of at least that many")
+        raise UsageError(
+            f"--epochs {settings['epochs']}: the run has done {done:.4g} epochs already; "
+            "expected a total of at least that many"
+        )
     return _session(run, settings, data, backend, trainer, resumed=True)
 
 
-def _session(run: RunFolder, settings: dict[str, Any], data: dict[str, Any], backend: Backend, trainer: Trainer,
-             resumed: bool) -> Session:
+def _session(
+    run: RunFolder, settings: dict[str, Any], data: dict[str, Any], backend: Backend, trainer: Trainer, resumed: bool
+) -> Session:
     meta = {"settings": settings, "preprocessing": preprocessing_meta(data)}
     recorder = RunRecorder(run.path, meta, backend.describe(), checkpoint_every=settings["checkpoint_every"])
     if distributed.init().rank != 0:  # rank 0 writes the run folder
@@ -572,8 +697,10 @@ def cmd_train(args: argparse.Namespace, epoch_callback: Callable[[Trainer], None
         trainer = session.trainer
         if session.resumed and trainer.t >= trainer.num_iterations:
             session.recorder.finish(trainer)  # in case the run was stopped while drawing its curves
-            print(f"{session.folder}: the run is complete ({plural(trainer.epoch, 'epoch')}); "
-                  f"pass --epochs N with N > {trainer.epoch} to train further")
+            print(
+                f"{session.folder}: the run is complete ({plural(trainer.epoch, 'epoch')}); "
+                f"pass --epochs N with N > {trainer.epoch} to train further"
+            )
             return 0
         if not args.quiet:
             print(header(session))
@@ -590,8 +717,9 @@ def cmd_train(args: argparse.Namespace, epoch_callback: Callable[[Trainer], None
         return 0
 
 
-def train_with_progress(session: Session, progress: Progress,
-                        epoch_callback: Callable[[Trainer], None] | None = None) -> float | None:
+def train_with_progress(
+    session: Session, progress: Progress, epoch_callback: Callable[[Trainer], None] | None = None
+) -> float | None:
     """Train with the run folder's recorder and ``progress`` called after every iteration.
 
     ``epoch_callback(trainer)`` runs after every epoch's accuracy check, once that
@@ -646,20 +774,28 @@ def _interrupted(session: Session) -> None:
     """After Ctrl-C: say how to continue, or remove a new run that saved no checkpoint yet."""
     t = session.trainer.t
     if session.run.holds_checkpoint():
-        print(f"\ninterrupted at iteration {t}; continue from the last checkpoint with: "
-              f"xpdl train --resume {session.folder}", file=sys.stderr)
+        print(
+            f"\ninterrupted at iteration {t}; continue from the last checkpoint with: "
+            f"xpdl train --resume {session.folder}",
+            file=sys.stderr,
+        )
         return
     session.run.discard()
-    print(f"\ninterrupted at iteration {t}, before the first checkpoint; nothing was kept "
-          f"({session.folder} removed)" if session.run.created else
-          f"\ninterrupted at iteration {t}, before the first checkpoint; nothing was kept", file=sys.stderr)
+    print(
+        f"\ninterrupted at iteration {t}, before the first checkpoint; nothing was kept ({session.folder} removed)"
+        if session.run.created
+        else f"\ninterrupted at iteration {t}, before the first checkpoint; nothing was kept",
+        file=sys.stderr,
+    )
 
 
 def _write_failure(session: Session, exc: RunFolderError) -> str:
     """The message for a run file that could not be written; a new run without a checkpoint is removed."""
     if session.run.holds_checkpoint():
-        return (f"{exc}; the last checkpoint is intact: continue with xpdl train --resume {session.folder} "
-                "once the problem is fixed")
+        return (
+            f"{exc}; the last checkpoint is intact: continue with xpdl train --resume {session.folder} "
+            "once the problem is fixed"
+        )
     session.run.discard()
     return f"{exc}; nothing of the run was kept"
 
@@ -697,14 +833,22 @@ def header(session: Session) -> str:
     """Two lines saying what is trained, on what, and where it is saved."""
     s, tr, data = session.settings, session.trainer, session.data
     n_train, n_val, n_test = (len(data[k]) for k in ("y_train", "y_val", "y_test"))
-    verb = (f"resuming {session.folder} at epoch {tr.t / tr.iterations_per_epoch:.4g}"
-            if session.resumed else f"run {session.folder}")
+    verb = (
+        f"resuming {session.folder} at epoch {tr.t / tr.iterations_per_epoch:.4g}"
+        if session.resumed
+        else f"run {session.folder}"
+    )
     batch = batch_used(tr)
-    batch_text = f"batch {batch}" if batch == tr.batch_size else \
-        f"batch {batch} (all {n_train} training images; --batch-size {tr.batch_size})"
-    return (f"{verb}: {s['data']} ({n_train} train / {n_val} val / {n_test} test) on {session.backend.describe()}\n"
-            f"net {describe_net(tr.model)}; {s['update_rule']} lr {s['lr']:g} decay {s['lr_decay']:g}, "
-            f"{batch_text}, {plural(s['epochs'], 'epoch')} x {plural(tr.iterations_per_epoch, 'iteration')}")
+    batch_text = (
+        f"batch {batch}"
+        if batch == tr.batch_size
+        else f"batch {batch} (all {n_train} training images; --batch-size {tr.batch_size})"
+    )
+    return (
+        f"{verb}: {s['data']} ({n_train} train / {n_val} val / {n_test} test) on {session.backend.describe()}\n"
+        f"net {describe_net(tr.model)}; {s['update_rule']} lr {s['lr']:g} decay {s['lr_decay']:g}, "
+        f"{batch_text}, {plural(s['epochs'], 'epoch')} x {plural(tr.iterations_per_epoch, 'iteration')}"
+    )
 
 
 def summary(session: Session, iterations: int, seconds: float) -> str:
@@ -713,9 +857,11 @@ def summary(session: Session, iterations: int, seconds: float) -> str:
     test_acc = float(np.mean(tr.model.predict(data["X_test"]) == data["y_test"])) if len(data["y_test"]) else 0.0
     doc = session.recorder.history(tr)
     rate = iterations * batch_used(tr) / seconds if seconds > 0 else 0.0
-    return (f"best val acc {tr.best_val_acc:.4f} (epoch {doc['best_epoch']:.3g}), test acc {test_acc:.4f}; "
-            f"{plural(iterations, 'iteration')} in {seconds:.1f} s ({rate:,.0f} samples/s) on "
-            f"{session.backend.describe()}; saved in {session.folder}/")
+    return (
+        f"best val acc {tr.best_val_acc:.4f} (epoch {doc['best_epoch']:.3g}), test acc {test_acc:.4f}; "
+        f"{plural(iterations, 'iteration')} in {seconds:.1f} s ({rate:,.0f} samples/s) on "
+        f"{session.backend.describe()}; saved in {session.folder}/"
+    )
 
 
 # ---------------------------------------------------------------- evaluate
@@ -742,8 +888,10 @@ def test_split(ckpt: dict[str, Any], args: argparse.Namespace) -> tuple[np.ndarr
     raw = read_raw(name, Path(data_dir), args.download)
     features = math.prod(raw["X_test"].shape[1:])
     if features != ckpt["config"]["input_dim"]:
-        raise UsageError(f"--data {name}: has {features} features per sample, the model expects "
-                         f"{ckpt['config']['input_dim']} (it was trained on {pre['dataset']})")
+        raise UsageError(
+            f"--data {name}: has {features} features per sample, the model expects "
+            f"{ckpt['config']['input_dim']} (it was trained on {pre['dataset']})"
+        )
     X = apply_preprocessing(raw["X_test"], pre["mean_image"], ckpt["config"]["dtype"], scale=pre["scale"])
     return X, raw["y_test"], name, list(raw["classes"])
 
@@ -780,14 +928,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pred = net.predict(X)
     correct = int(np.sum(pred == y))
     acc = correct / len(y) if len(y) else 0.0
-    print(f"{path}: net {describe_net(net)}, trained on {ckpt['preprocessing'].get('dataset')}; "
-          f"on {backend.describe()}")
+    print(
+        f"{path}: net {describe_net(net)}, trained on {ckpt['preprocessing'].get('dataset')}; on {backend.describe()}"
+    )
     print(f"test accuracy on {name}: {acc:.4f} ({correct} / {len(y)})")
     print("confusion matrix (rows: true class, columns: predicted class):")
-    print(format_confusion(confusion_matrix(y, pred, net.num_classes), classes[:net.num_classes]))
+    print(format_confusion(confusion_matrix(y, pred, net.num_classes), classes[: net.num_classes]))
     if args.plot or args.out:
         from xpdl.plots import write_confusion
-        drawn = write_confusion(args.out or path.parent, y, pred, classes[:net.num_classes], f"{name} test split")
+
+        drawn = write_confusion(args.out or path.parent, y, pred, classes[: net.num_classes], f"{name} test split")
         print(f"confusion matrix drawn into {drawn}")
     return 0
 
@@ -830,8 +980,10 @@ def gpu_lines() -> list[str]:
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         with cupy.cuda.Device(i):
             free, total = rt.memGetInfo()
-        lines.append(f"  cupy:{i}  {name}, {total / 2**30:.1f} GiB ({free / 2**30:.1f} GiB free), "
-                     f"compute capability {props['major']}.{props['minor']}")
+        lines.append(
+            f"  cupy:{i}  {name}, {total / 2**30:.1f} GiB ({free / 2**30:.1f} GiB free), "
+            f"compute capability {props['major']}.{props['minor']}"
+        )
     return lines
 
 
@@ -883,7 +1035,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.command == "train":
-        args.argv = argv[argv.index("train") + 1:]  # the options a launcher passes on to its ranks
+        args.argv = argv[argv.index("train") + 1 :]  # the options a launcher passes on to its ranks
     return run_command(args.command, lambda: COMMANDS[args.command](args), quiet=getattr(args, "quiet", False))
 
 

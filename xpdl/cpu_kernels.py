@@ -47,8 +47,9 @@ def _relu_dropout_grad(dh, h, dropout, scale):
 
 
 @njit(**_JIT)
-def bn_relu_dropout_forward(a, b, gamma, beta, running_mean, running_var, momentum, eps,
-                            words, threshold, scale, xhat, h, keep, inv_std):
+def bn_relu_dropout_forward(
+    a, b, gamma, beta, running_mean, running_var, momentum, eps, words, threshold, scale, xhat, h, keep, inv_std
+):
     """Train-mode ``h = dropout(relu(batchnorm(a + b)))`` for ``a`` (N, H) float32/64.
 
     Writes ``xhat`` (N, H), ``h`` (N, H), ``keep`` (N, H) uint8 (when ``words`` has
@@ -177,7 +178,7 @@ def bn_input_grad(d, xhat, gamma, inv_std, count, sums):
     n, m = d.shape
     coef = np.empty(m, np.float64)
     sum_d = sums[:m].copy()  # local copies: the compiler knows they alias nothing, and vectorizes
-    sum_dx = sums[m:2 * m].copy()
+    sum_dx = sums[m : 2 * m].copy()
     for j in range(m):
         coef[j] = gamma[j] * inv_std[j] / count
     for i in range(n):
@@ -317,8 +318,16 @@ def adamw_update(w, g, m, v, decay, step, beta1, one_minus_beta1, beta2, one_min
 def adamw_args(s, cast):
     """:func:`adamw_update`'s scalars from :meth:`xpdl.updater.AdamW.scalars`, in the parameters' dtype."""
     lr, b1, b2, eps, c1, c2, wd = s
-    return (cast(1.0 - lr * wd), cast(lr / c1), cast(b1), cast(1.0 - b1), cast(b2), cast(1.0 - b2), cast(eps),
-            cast(1.0 / math.sqrt(c2)))
+    return (
+        cast(1.0 - lr * wd),
+        cast(lr / c1),
+        cast(b1),
+        cast(1.0 - b1),
+        cast(b2),
+        cast(1.0 - b2),
+        cast(eps),
+        cast(1.0 / math.sqrt(c2)),
+    )
 
 
 @njit(**_JIT)

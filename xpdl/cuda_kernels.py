@@ -74,36 +74,53 @@ def philox_uint32(key: int, counter: int, shape: tuple[int, ...], like: Any) -> 
         out = cupy.empty(n, dtype=cupy.uint32)
         if blocks:
             u64 = cupy.uint64
-            _philox_kernel()(u64(ctr[0]), u64(ctr[1]), u64(ctr[2]), u64(ctr[3]),
-                             u64(key & m64), u64(key >> 64), cupy.int64(n), out, size=blocks)
+            _philox_kernel()(
+                u64(ctr[0]),
+                u64(ctr[1]),
+                u64(ctr[2]),
+                u64(ctr[3]),
+                u64(key & m64),
+                u64(key >> 64),
+                cupy.int64(n),
+                out,
+                size=blocks,
+            )
         return out.reshape(shape)
 
 
 #: Per update rule: (input parameters, output parameters, body) of its ElementwiseKernel.
 UPDATE_BODIES = {
-    "sgd": ("T g, float64 lr", "T w",
-            "w = (T)((double)w - lr * (double)g);"),
-    "sgd_momentum": ("T g, float64 lr, float64 mu", "T w, T vel",
-                     "double vi = mu * (double)vel - lr * (double)g;"
-                     "vel = (T)vi; w = (T)((double)w + vi);"),
-    "rmsprop": ("T g, float64 lr, float64 decay, float64 eps", "T w, T cache",
-                "double gi = (double)g;"
-                "double ci = decay * (double)cache + (1.0 - decay) * gi * gi;"
-                "cache = (T)ci; w = (T)((double)w - lr * gi / (sqrt(ci) + eps));"),
-    "adam": ("T g, float64 lr, float64 b1, float64 b2, float64 eps, float64 c1, float64 c2",
-             "T w, T m, T v",
-             "double gi = (double)g;"
-             "double mi = b1 * (double)m + (1.0 - b1) * gi;"
-             "double vi = b2 * (double)v + (1.0 - b2) * gi * gi;"
-             "m = (T)mi; v = (T)vi;"
-             "w = (T)((double)w - lr * (mi / c1) / (sqrt(vi / c2) + eps));"),
-    "adamw": ("T g, float64 lr, float64 b1, float64 b2, float64 eps, float64 c1, float64 c2, float64 wd",
-              "T w, T m, T v",
-              "double gi = (double)g;"
-              "double mi = b1 * (double)m + (1.0 - b1) * gi;"
-              "double vi = b2 * (double)v + (1.0 - b2) * gi * gi;"
-              "m = (T)mi; v = (T)vi;"
-              "w = (T)((double)w * (1.0 - lr * wd) - (lr / c1) * mi / (sqrt(vi) / sqrt(c2) + eps));"),
+    "sgd": ("T g, float64 lr", "T w", "w = (T)((double)w - lr * (double)g);"),
+    "sgd_momentum": (
+        "T g, float64 lr, float64 mu",
+        "T w, T vel",
+        "double vi = mu * (double)vel - lr * (double)g;vel = (T)vi; w = (T)((double)w + vi);",
+    ),
+    "rmsprop": (
+        "T g, float64 lr, float64 decay, float64 eps",
+        "T w, T cache",
+        "double gi = (double)g;"
+        "double ci = decay * (double)cache + (1.0 - decay) * gi * gi;"
+        "cache = (T)ci; w = (T)((double)w - lr * gi / (sqrt(ci) + eps));",
+    ),
+    "adam": (
+        "T g, float64 lr, float64 b1, float64 b2, float64 eps, float64 c1, float64 c2",
+        "T w, T m, T v",
+        "double gi = (double)g;"
+        "double mi = b1 * (double)m + (1.0 - b1) * gi;"
+        "double vi = b2 * (double)v + (1.0 - b2) * gi * gi;"
+        "m = (T)mi; v = (T)vi;"
+        "w = (T)((double)w - lr * (mi / c1) / (sqrt(vi / c2) + eps));",
+    ),
+    "adamw": (
+        "T g, float64 lr, float64 b1, float64 b2, float64 eps, float64 c1, float64 c2, float64 wd",
+        "T w, T m, T v",
+        "double gi = (double)g;"
+        "double mi = b1 * (double)m + (1.0 - b1) * gi;"
+        "double vi = b2 * (double)v + (1.0 - b2) * gi * gi;"
+        "m = (T)mi; v = (T)vi;"
+        "w = (T)((double)w * (1.0 - lr * wd) - (lr / c1) * mi / (sqrt(vi) / sqrt(c2) + eps));",
+    ),
 }
 
 

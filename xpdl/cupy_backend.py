@@ -27,8 +27,9 @@ class CupyBackend(Backend):
     def __init__(self, cupy: Any, device_id: int) -> None:
         import array_api_compat.cupy
 
-        super().__init__(f"cupy:{device_id}", array_api_compat.cupy, cupy.cuda.Device(device_id),
-                         f"cupy:{device_id} asked for")
+        super().__init__(
+            f"cupy:{device_id}", array_api_compat.cupy, cupy.cuda.Device(device_id), f"cupy:{device_id} asked for"
+        )
         self._cupy = cupy
 
     def asarray(self, obj: Any, dtype: Any = None) -> Any:

@@ -108,10 +108,19 @@ class MPICommunicator(Communicator):
         if nccl is not None and arr.flags.c_contiguous:
             from cupy.cuda import nccl as nccl_module
 
-            kinds = {"float32": nccl_module.NCCL_FLOAT32, "float64": nccl_module.NCCL_FLOAT64,
-                     "int64": nccl_module.NCCL_INT64}
-            nccl.allReduce(arr.data.ptr, arr.data.ptr, arr.size, kinds[arr.dtype.name], nccl_module.NCCL_SUM,
-                           cupy.cuda.get_current_stream().ptr)
+            kinds = {
+                "float32": nccl_module.NCCL_FLOAT32,
+                "float64": nccl_module.NCCL_FLOAT64,
+                "int64": nccl_module.NCCL_INT64,
+            }
+            nccl.allReduce(
+                arr.data.ptr,
+                arr.data.ptr,
+                arr.size,
+                kinds[arr.dtype.name],
+                nccl_module.NCCL_SUM,
+                cupy.cuda.get_current_stream().ptr,
+            )
             return arr
         host = np.ascontiguousarray(arr.get())
         self.comm.Allreduce(self.MPI.IN_PLACE, host, op=self.MPI.SUM)
@@ -174,8 +183,10 @@ def init(quiet_others: bool = False) -> Communicator:
             try:
                 import mpi4py  # noqa: F401
             except ImportError as exc:
-                raise RuntimeError(f"this process was started by an MPI launcher, but mpi4py is missing ({exc}); "
-                                   f"install it with {MPI_INSTALL_HINT}") from exc
+                raise RuntimeError(
+                    f"this process was started by an MPI launcher, but mpi4py is missing ({exc}); "
+                    f"install it with {MPI_INSTALL_HINT}"
+                ) from exc
             _WORLD = MPICommunicator()
             if _WORLD.size > 1:
                 sys.excepthook = _abort_on_uncaught
@@ -200,12 +211,15 @@ def abort_job(comm: Communicator, exc: BaseException) -> None:
     """
     if isinstance(exc, KeyboardInterrupt):
         if comm.rank == 0:
-            print(f"xpdl: interrupted; stopping all {comm.size} ranks (checkpoints are written whole: "
-                  "the last one is intact)", file=sys.__stderr__, flush=True)
+            print(
+                f"xpdl: interrupted; stopping all {comm.size} ranks (checkpoints are written whole: "
+                "the last one is intact)",
+                file=sys.__stderr__,
+                flush=True,
+            )
         comm.abort(130)
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    print(f"xpdl: rank {comm.rank} of {comm.size} failed; aborting the job:\n{text}", file=sys.__stderr__,
-          flush=True)
+    print(f"xpdl: rank {comm.rank} of {comm.size} failed; aborting the job:\n{text}", file=sys.__stderr__, flush=True)
     comm.abort(1)
 
 

@@ -70,13 +70,31 @@ class FullyConnectedNet:
         rng: the generator behind the initial weights and dropout masks.
     """
 
-    def __init__(self, input_dim: int = 3 * 32 * 32, hidden_dims: list[int] | tuple[int, ...] = (100,),
-                 num_classes: int = 10, dropout: float = 0, use_batchnorm: bool = False, reg: float = 0.0,
-                 weight_scale: float = 1e-2, seed: int | None = None, dtype: str = "float32",
-                 backend: str | Backend | None = None, normalization: str | None = None) -> None:
-        cfg = check_config(input_dim=input_dim, hidden_dims=hidden_dims, num_classes=num_classes, dropout=dropout,
-                           use_batchnorm=use_batchnorm, normalization=normalization, reg=reg,
-                           weight_scale=weight_scale, dtype=dtype)
+    def __init__(
+        self,
+        input_dim: int = 3 * 32 * 32,
+        hidden_dims: list[int] | tuple[int, ...] = (100,),
+        num_classes: int = 10,
+        dropout: float = 0,
+        use_batchnorm: bool = False,
+        reg: float = 0.0,
+        weight_scale: float = 1e-2,
+        seed: int | None = None,
+        dtype: str = "float32",
+        backend: str | Backend | None = None,
+        normalization: str | None = None,
+    ) -> None:
+        cfg = check_config(
+            input_dim=input_dim,
+            hidden_dims=hidden_dims,
+            num_classes=num_classes,
+            dropout=dropout,
+            use_batchnorm=use_batchnorm,
+            normalization=normalization,
+            reg=reg,
+            weight_scale=weight_scale,
+            dtype=dtype,
+        )
         input_dim, hidden_dims, num_classes = cfg["input_dim"], cfg["hidden_dims"], cfg["num_classes"]
         dropout, reg, weight_scale, dtype = cfg["dropout"], cfg["reg"], cfg["weight_scale"], cfg["dtype"]
         self.normalization = cfg["normalization"]
@@ -106,9 +124,16 @@ class FullyConnectedNet:
             self.dropout_param = {"mode": "train", "p": dropout, "rng": self.rng}
         self.bn_params: list[dict] = []
         if self.use_batchnorm:
-            self.bn_params = [{"mode": "train", "eps": 1e-5, "momentum": 0.9,
-                               "running_mean": self.backend.zeros(h, dtype),
-                               "running_var": self.backend.zeros(h, dtype)} for h in hidden_dims]
+            self.bn_params = [
+                {
+                    "mode": "train",
+                    "eps": 1e-5,
+                    "momentum": 0.9,
+                    "running_mean": self.backend.zeros(h, dtype),
+                    "running_var": self.backend.zeros(h, dtype),
+                }
+                for h in hidden_dims
+            ]
         self.ln_params: list[dict] = [{"eps": 1e-5} for _ in hidden_dims] if self.normalization == "layernorm" else []
         norm_params = self.bn_params or self.ln_params or [{} for _ in hidden_dims]
         self.hidden_layers = [HiddenLayer(i + 1, self.normalization, norm_params[i]) for i in range(len(hidden_dims))]
@@ -131,8 +156,10 @@ class FullyConnectedNet:
         n = X.shape[0]
         features = math.prod(X.shape[1:])
         if features != self.input_dim:
-            raise ValueError(f"X: expected {self.input_dim} features per sample (input_dim), "
-                             f"got shape {tuple(X.shape)} = {features} features")
+            raise ValueError(
+                f"X: expected {self.input_dim} features per sample (input_dim), "
+                f"got shape {tuple(X.shape)} = {features} features"
+            )
         if isinstance(X, (np.ndarray, np.generic)) and X.dtype != np.dtype(self.dtype):
             if not (np.issubdtype(X.dtype, np.number) or X.dtype == np.bool_):
                 raise TypeError(f"X: expected a numeric array, got dtype {X.dtype}")
@@ -184,9 +211,11 @@ class FullyConnectedNet:
             return arr
         if isinstance(arr, (np.ndarray, np.generic)):
             return self.backend.asarray(arr)
-        raise TypeError(f"{name}: expected a NumPy array or an array of the net's backend "
-                        f"{self.backend.name!r}, got {type(arr).__module__}.{type(arr).__name__} "
-                        "(move it with net.backend.asarray(...) or the net with net.to(...))")
+        raise TypeError(
+            f"{name}: expected a NumPy array or an array of the net's backend "
+            f"{self.backend.name!r}, got {type(arr).__module__}.{type(arr).__name__} "
+            "(move it with net.backend.asarray(...) or the net with net.to(...))"
+        )
 
     # --------------------------------------------------------------- the math
     def loss(self, X: Any, y: Any = None) -> Any:
@@ -227,9 +256,16 @@ class FullyConnectedNet:
         L = self.num_layers
         return Backend.output_forward(self.backend, h, self.params[f"W{L}"], self.params[f"b{L}"])[0]
 
-    def loss_and_grads(self, X: Any, y: Any, input_grad: bool = True, on_grads: Any = None,
-                       buffers: dict | None = None, loss_scale: float = 1.0,
-                       regularize: bool = True) -> tuple[Any, dict]:
+    def loss_and_grads(
+        self,
+        X: Any,
+        y: Any,
+        input_grad: bool = True,
+        on_grads: Any = None,
+        buffers: dict | None = None,
+        loss_scale: float = 1.0,
+        regularize: bool = True,
+    ) -> tuple[Any, dict]:
         """Train-mode loss and gradients for device arrays X (N, D) and y (N,) int64.
 
         Args:
@@ -294,8 +330,9 @@ class FullyConnectedNet:
             reg_sum = reg_sum + sq
         return loss + 0.5 * self.reg * reg_sum
 
-    def _layer_grads_ready(self, ops: Backend, layer_grads: dict, grads: dict, on_grads: Any,
-                           regularize: bool = True) -> Any:
+    def _layer_grads_ready(
+        self, ops: Backend, layer_grads: dict, grads: dict, on_grads: Any, regularize: bool = True
+    ) -> Any:
         """Add the L2 term to the layer's weight gradient, record the gradients and pass them on.
 
         Returns ``sum(W**2)`` of the layer's weights before any update (0 without regularization).
@@ -315,8 +352,10 @@ class FullyConnectedNet:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
         X = self.as_input(X)
         xp = self.backend.xp
-        out = [to_numpy(xp.argmax(self.scores(X[i:min(i + batch_size, X.shape[0]), ...]), axis=1))
-               for i in range(0, X.shape[0], batch_size)]
+        out = [
+            to_numpy(xp.argmax(self.scores(X[i : min(i + batch_size, X.shape[0]), ...]), axis=1))
+            for i in range(0, X.shape[0], batch_size)
+        ]
         return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
 
     # ------------------------------------------------------------------ state
@@ -368,15 +407,29 @@ class FullyConnectedNet:
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments that rebuild this architecture (JSON-serializable)."""
-        return {"input_dim": self.input_dim, "hidden_dims": list(self.hidden_dims),
-                "num_classes": self.num_classes, "dropout": self.dropout,
-                "normalization": self.normalization, "reg": self.reg,
-                "weight_scale": self.weight_scale, "dtype": self.dtype}
+        return {
+            "input_dim": self.input_dim,
+            "hidden_dims": list(self.hidden_dims),
+            "num_classes": self.num_classes,
+            "dropout": self.dropout,
+            "normalization": self.normalization,
+            "reg": self.reg,
+            "weight_scale": self.weight_scale,
+            "dtype": self.dtype,
+        }
 
 
-def check_config(input_dim: Any = 3 * 32 * 32, hidden_dims: Any = (100,), num_classes: Any = 10, dropout: Any = 0,
-                 use_batchnorm: Any = False, normalization: Any = None, reg: Any = 0.0, weight_scale: Any = 1e-2,
-                 dtype: Any = "float32") -> dict[str, Any]:
+def check_config(
+    input_dim: Any = 3 * 32 * 32,
+    hidden_dims: Any = (100,),
+    num_classes: Any = 10,
+    dropout: Any = 0,
+    use_batchnorm: Any = False,
+    normalization: Any = None,
+    reg: Any = 0.0,
+    weight_scale: Any = 1e-2,
+    dtype: Any = "float32",
+) -> dict[str, Any]:
     """The architecture arguments of :class:`FullyConnectedNet`, checked and normalized; nothing is allocated.
 
     Returns the dict :meth:`FullyConnectedNet.config` returns. ``use_batchnorm=True``
@@ -410,9 +463,16 @@ def check_config(input_dim: Any = 3 * 32 * 32, hidden_dims: Any = (100,), num_cl
             pass
     if dtype not in FLOAT_DTYPES:
         raise ValueError(f"dtype: expected one of {FLOAT_DTYPES}, got {dtype!r}")
-    return {"input_dim": input_dim, "hidden_dims": hidden_dims, "num_classes": num_classes,
-            "dropout": float(dropout), "normalization": normalization, "reg": reg,
-            "weight_scale": weight_scale, "dtype": dtype}
+    return {
+        "input_dim": input_dim,
+        "hidden_dims": hidden_dims,
+        "num_classes": num_classes,
+        "dropout": float(dropout),
+        "normalization": normalization,
+        "reg": reg,
+        "weight_scale": weight_scale,
+        "dtype": dtype,
+    }
 
 
 def state_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:

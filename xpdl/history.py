@@ -81,8 +81,9 @@ class RunRecorder:
         checkpoint_every: save every this many iterations; None: at every epoch end.
     """
 
-    def __init__(self, folder: str | os.PathLike[str], meta: dict[str, Any], device: str,
-                 checkpoint_every: int | None = None) -> None:
+    def __init__(
+        self, folder: str | os.PathLike[str], meta: dict[str, Any], device: str, checkpoint_every: int | None = None
+    ) -> None:
         self.folder = Path(folder)
         self.meta = meta
         self.device = device

@@ -22,8 +22,14 @@ from pathlib import Path
 from xpdl.distributed import MPI_INSTALL_HINT
 
 #: The thread-count variables of the BLAS and OpenMP runtimes NumPy may use.
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
-                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
 
 
 class LaunchError(RuntimeError):
@@ -37,8 +43,9 @@ def find_mpiexec() -> str:
         return str(beside)
     found = shutil.which("mpiexec") or shutil.which("mpirun")
     if found is None:
-        raise LaunchError(f"--nproc: no mpiexec beside {sys.executable} or on PATH; "
-                          f"install one with {MPI_INSTALL_HINT}")
+        raise LaunchError(
+            f"--nproc: no mpiexec beside {sys.executable} or on PATH; install one with {MPI_INSTALL_HINT}"
+        )
     return found
 
 
@@ -153,8 +160,11 @@ def run(nproc: int, argv: list[str]) -> int:
         return proc.wait()
     except KeyboardInterrupt:
         _stop(proc)
-        print(f"\nxpdl train: interrupted; all {nproc} ranks stopped, the last checkpoint is intact; continue "
-              f"with: xpdl train --resume {folder} --nproc {nproc}", file=sys.stderr)
+        print(
+            f"\nxpdl train: interrupted; all {nproc} ranks stopped, the last checkpoint is intact; continue "
+            f"with: xpdl train --resume {folder} --nproc {nproc}",
+            file=sys.stderr,
+        )
         return 130
 
 

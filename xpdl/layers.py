@@ -27,8 +27,10 @@ def affine_forward(x: Any, w: Any, b: Any) -> tuple[Any, tuple]:
     xp = namespace(x=x, w=w, b=b)
     x2 = xp.reshape(x, (x.shape[0], -1))
     if x2.shape[1] != w.shape[0]:
-        raise ValueError(f"x: expected {w.shape[0]} features per sample to match w {tuple(w.shape)}, "
-                         f"got {x2.shape[1]} (x shape {tuple(x.shape)})")
+        raise ValueError(
+            f"x: expected {w.shape[0]} features per sample to match w {tuple(w.shape)}, "
+            f"got {x2.shape[1]} (x shape {tuple(x.shape)})"
+        )
     out = x2 @ w + b
     return out, (x, w, b)
 

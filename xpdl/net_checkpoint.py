@@ -24,8 +24,16 @@ from xpdl.checkpoint import CheckpointError, CheckpointSpec, restore_trainer, sa
 from xpdl.datasets import DATASETS
 from xpdl.fc_net import FullyConnectedNet, check_config, state_shapes
 
-__all__ = ["SPEC", "CheckpointError", "build_model", "load_checkpoint", "restore_trainer", "save_checkpoint",
-           "save_model", "spec_with_settings"]
+__all__ = [
+    "SPEC",
+    "CheckpointError",
+    "build_model",
+    "load_checkpoint",
+    "restore_trainer",
+    "save_checkpoint",
+    "save_model",
+    "spec_with_settings",
+]
 
 
 def param_names(config: dict[str, Any]) -> list[str]:
@@ -38,8 +46,13 @@ def _update_rules() -> dict[str, tuple[dict[str, Any], tuple[str, ...]]]:
 
 
 #: The checkpoint spec of :class:`FullyConnectedNet` (any run settings).
-SPEC = CheckpointSpec(check_config=check_config, state_shapes=state_shapes, param_names=param_names,
-                      update_rules=_update_rules(), datasets=DATASETS)
+SPEC = CheckpointSpec(
+    check_config=check_config,
+    state_shapes=state_shapes,
+    param_names=param_names,
+    update_rules=_update_rules(),
+    datasets=DATASETS,
+)
 
 
 def spec_with_settings(settings: Any) -> CheckpointSpec:
@@ -52,8 +65,9 @@ def load_checkpoint(path: str | os.PathLike[str], spec: CheckpointSpec = SPEC) -
     return checkpoint.load_checkpoint(path, spec)
 
 
-def build_model(ckpt: dict[str, Any], backend: Any = None, which: str = "model",
-                seed: int | None = 0) -> FullyConnectedNet:
+def build_model(
+    ckpt: dict[str, Any], backend: Any = None, which: str = "model", seed: int | None = 0
+) -> FullyConnectedNet:
     """A new :class:`FullyConnectedNet` on ``backend`` holding the checkpoint's ``which`` arrays.
 
     ``which`` is ``"model"`` (the current weights) or ``"best"`` (training files).

@@ -100,17 +100,44 @@ class NumpyBackend(Backend):
                 inv_std = _buffer(buffers, "inv_std", (width,), np.float64)
                 comm = _synced(param)
                 if comm is None:
-                    k.bn_relu_dropout_forward(a, b, gamma, beta, param["running_mean"], param["running_var"],
-                                              float(param.get("momentum", 0.9)), eps, words, threshold, scale,
-                                              xhat, h, keep, inv_std)
+                    k.bn_relu_dropout_forward(
+                        a,
+                        b,
+                        gamma,
+                        beta,
+                        param["running_mean"],
+                        param["running_var"],
+                        float(param.get("momentum", 0.9)),
+                        eps,
+                        words,
+                        threshold,
+                        scale,
+                        xhat,
+                        h,
+                        keep,
+                        inv_std,
+                    )
                 else:
-                    count = _synced_bn_forward(k, comm, a, b, gamma, beta, param, eps, words, threshold, scale,
-                                               xhat, h, keep, inv_std)
+                    count = _synced_bn_forward(
+                        k, comm, a, b, gamma, beta, param, eps, words, threshold, scale, xhat, h, keep, inv_std
+                    )
             else:
                 inv_std = _buffer(buffers, "inv_std", (n,), np.float64)
                 k.ln_relu_dropout_forward(a, b, gamma, beta, eps, words, threshold, scale, xhat, h, keep, inv_std)
-        return h, _HiddenCache(layer=layer, x=x, W=W, gamma=gamma, a=a, h=h, xhat=xhat, inv_std=inv_std, keep=keep,
-                               scale=scale, comm=_synced(layer.norm_param), count=count)
+        return h, _HiddenCache(
+            layer=layer,
+            x=x,
+            W=W,
+            gamma=gamma,
+            a=a,
+            h=h,
+            xhat=xhat,
+            inv_std=inv_std,
+            keep=keep,
+            scale=scale,
+            comm=_synced(layer.norm_param),
+            count=count,
+        )
 
     def hidden_backward(self, dh, cache, input_grad=True, buffers=None):
         if not isinstance(cache, _HiddenCache):
@@ -130,8 +157,19 @@ class NumpyBackend(Backend):
             grads[f"gamma{i}"] = _buffer(buffers, "dgamma", (W.shape[1],), dt)
             grads[f"beta{i}"] = _buffer(buffers, "dbeta", (W.shape[1],), dt)
             kernel = k.bn_relu_dropout_backward if c.layer.normalization == "batchnorm" else k.ln_relu_dropout_backward
-            kernel(dh, c.h, c.xhat, c.gamma, c.inv_std, c.keep, c.scale, da, grads[f"gamma{i}"],
-                   grads[f"beta{i}"], grads[f"b{i}"])
+            kernel(
+                dh,
+                c.h,
+                c.xhat,
+                c.gamma,
+                c.inv_std,
+                c.keep,
+                c.scale,
+                da,
+                grads[f"gamma{i}"],
+                grads[f"beta{i}"],
+                grads[f"b{i}"],
+            )
         grads[f"W{i}"] = np.matmul(c.x.T, da, out=_buffer(buffers, "dW", W.shape, dt))
         dx = np.matmul(da, W.T, out=_buffer(buffers, "dx", c.x.shape, dt)) if input_grad else None
         return dx, grads
@@ -188,9 +226,23 @@ def _synced(norm_param: dict) -> Any:
     return comm if comm is not None and comm.size > 1 else None
 
 
-def _synced_bn_forward(k: Any, comm: Any, a: np.ndarray, b: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
-                       param: dict, eps: float, words: np.ndarray, threshold: int, scale: float, xhat: np.ndarray,
-                       h: np.ndarray, keep: np.ndarray, inv_std: np.ndarray) -> float:
+def _synced_bn_forward(
+    k: Any,
+    comm: Any,
+    a: np.ndarray,
+    b: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    param: dict,
+    eps: float,
+    words: np.ndarray,
+    threshold: int,
+    scale: float,
+    xhat: np.ndarray,
+    h: np.ndarray,
+    keep: np.ndarray,
+    inv_std: np.ndarray,
+) -> float:
     """:func:`xpdl.cpu_kernels.bn_relu_dropout_forward` with the statistics of the batch over all ranks.
 
     Two small allreduces: the column sums with the row count ((H + 1,) float64), then the
@@ -207,14 +259,24 @@ def _synced_bn_forward(k: Any, comm: Any, a: np.ndarray, b: np.ndarray, gamma: n
     sq_dev = np.zeros(width, np.float64)
     k.column_squared_deviations(a, mean, sq_dev)
     comm.allreduce(sq_dev)
-    k.bn_statistics(mean, sq_dev, count, b, param["running_mean"], param["running_var"],
-                    float(param.get("momentum", 0.9)), eps, inv_std)
+    k.bn_statistics(
+        mean,
+        sq_dev,
+        count,
+        b,
+        param["running_mean"],
+        param["running_var"],
+        float(param.get("momentum", 0.9)),
+        eps,
+        inv_std,
+    )
     k.bn_normalize_relu_dropout(a, mean, inv_std, gamma, beta, words, threshold, scale, xhat, h, keep)
     return count
 
 
-def _synced_bn_backward(k: Any, c: _HiddenCache, dh: np.ndarray, da: np.ndarray, dgamma: np.ndarray,
-                        dbeta: np.ndarray, db: np.ndarray) -> None:
+def _synced_bn_backward(
+    k: Any, c: _HiddenCache, dh: np.ndarray, da: np.ndarray, dgamma: np.ndarray, dbeta: np.ndarray, db: np.ndarray
+) -> None:
     """:func:`xpdl.cpu_kernels.bn_relu_dropout_backward` with the column sums of the whole batch (one allreduce).
 
     ``dgamma``, ``dbeta`` get this rank's shares (the data-parallel gradient sum adds them up).

@@ -85,8 +85,13 @@ def write_weights(folder: str | os.PathLike[str], net: Any, image_shape: Sequenc
     return save(weights(net, image_shape), Path(folder) / WEIGHTS_FILE)
 
 
-def write_confusion(folder: str | os.PathLike[str], y_true: Any, y_pred: Any, class_names: Sequence[str],
-                    title: str = "Confusion matrix") -> Path:
+def write_confusion(
+    folder: str | os.PathLike[str],
+    y_true: Any,
+    y_pred: Any,
+    class_names: Sequence[str],
+    title: str = "Confusion matrix",
+) -> Path:
     """Draw :func:`confusion` into ``folder/confusion.png``, creating ``folder`` if needed; returns the path."""
     Path(folder).mkdir(parents=True, exist_ok=True)
     return save(confusion(y_true, y_pred, class_names, title=title), Path(folder) / CONFUSION_FILE)
@@ -104,22 +109,27 @@ def history_data(source: Any) -> dict[str, Any]:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
-            raise FileNotFoundError(f"source: expected a run folder or a history.json file, got {str(source)!r} "
-                                    "(no such file or folder)")
+            raise FileNotFoundError(
+                f"source: expected a run folder or a history.json file, got {str(source)!r} (no such file or folder)"
+            )
         doc = read_history(path)
     elif isinstance(source, Mapping):
         doc = dict(source)
     else:
-        raise TypeError(f"source: expected a Trainer, a run folder, a history.json path or a history dict, "
-                        f"got {type(source).__name__}")
+        raise TypeError(
+            f"source: expected a Trainer, a run folder, a history.json path or a history dict, "
+            f"got {type(source).__name__}"
+        )
     missing = [k for k in HISTORY_KEYS if k not in doc]
     if missing:
         raise ValueError(f"source: expected a history document with keys {list(HISTORY_KEYS)}, missing {missing}")
-    for key, like, what in (("loss_epochs", "loss_history", "loss"), ("train_acc_history", "check_epochs", "check"),
-                            ("val_acc_history", "check_epochs", "check")):
+    for key, like, what in (
+        ("loss_epochs", "loss_history", "loss"),
+        ("train_acc_history", "check_epochs", "check"),
+        ("val_acc_history", "check_epochs", "check"),
+    ):
         if len(doc[key]) != len(doc[like]):
-            raise ValueError(f"source[{key!r}]: expected one value per {what} ({len(doc[like])}), "
-                             f"got {len(doc[key])}")
+            raise ValueError(f"source[{key!r}]: expected one value per {what} ({len(doc[like])}), got {len(doc[key])}")
     return doc
 
 
@@ -195,8 +205,7 @@ def _draw_loss(ax: Any, doc: dict[str, Any]) -> None:
     window = smoothing_window(doc)
     ax.plot(x, loss, "o", markersize=2, alpha=0.3, color="C0", label="each iteration")
     if window > 1:
-        ax.plot(x, running_mean(loss, window), "-", color="C0", linewidth=2,
-                label=f"mean of {window} iterations")
+        ax.plot(x, running_mean(loss, window), "-", color="C0", linewidth=2, label=f"mean of {window} iterations")
     if wants_log_scale(loss):
         _log_y(ax)
         ax.set_ylabel("Loss (log scale)")
@@ -234,8 +243,15 @@ def _draw_accuracy(ax: Any, doc: dict[str, Any]) -> None:
     title = "Accuracy"
     if val:
         best = int(np.argmax(val))
-        ax.plot([x[best]], [val[best]], "*", markersize=14, color="C3", zorder=3,
-                label=f"best validation {val[best]:.4f} (epoch {x[best]:.3g})")
+        ax.plot(
+            [x[best]],
+            [val[best]],
+            "*",
+            markersize=14,
+            color="C3",
+            zorder=3,
+            label=f"best validation {val[best]:.4f} (epoch {x[best]:.3g})",
+        )
         both = len(train) == len(val)
         floor = accuracy_floor(list(x) * 2, list(train) + list(val)) if both else accuracy_floor(x, val)
         if floor is not None:
@@ -269,8 +285,9 @@ def first_layer_weights(net: Any) -> np.ndarray:
     return W
 
 
-def weight_grid(W: np.ndarray, image_shape: Sequence[int], padding: int = 1,
-                max_units: int | None = None) -> np.ndarray:
+def weight_grid(
+    W: np.ndarray, image_shape: Sequence[int], padding: int = 1, max_units: int | None = None
+) -> np.ndarray:
     """Tile the columns of ``W`` (D, K) as images of ``image_shape`` (H, W, C) into one grid (cs231n style).
 
     Each unit's image is scaled by its own largest absolute weight to [0, 1] with
@@ -293,7 +310,7 @@ def weight_grid(W: np.ndarray, image_shape: Sequence[int], padding: int = 1,
     for i in range(k):
         r, q = divmod(i, cols)
         y0, x0 = padding + r * (h + padding), padding + q * (w + padding)
-        grid[y0:y0 + h, x0:x0 + w] = images[i]
+        grid[y0 : y0 + h, x0 : x0 + w] = images[i]
     return grid
 
 
@@ -307,13 +324,15 @@ def _image_shape(image_shape: Sequence[int], features: int) -> tuple[int, int, i
     if len(shape) != 3 or min(shape) < 1 or shape[2] not in (1, 3):
         raise ValueError(f"image_shape: expected (H, W, C) with C 1 or 3, got {tuple(image_shape)}")
     if math.prod(shape) != features:
-        raise ValueError(f"image_shape: expected H * W * C = {features} (the first layer's inputs), "
-                         f"got {shape} = {math.prod(shape)}")
+        raise ValueError(
+            f"image_shape: expected H * W * C = {features} (the first layer's inputs), got {shape} = {math.prod(shape)}"
+        )
     return shape
 
 
-def weights(net: Any, image_shape: Sequence[int], max_units: int = 256,
-            class_names: Sequence[str] | None = None) -> Figure:
+def weights(
+    net: Any, image_shape: Sequence[int], max_units: int = 256, class_names: Sequence[str] | None = None
+) -> Figure:
     """The first layer's weights as a grid of images, one per unit (cs231n's ``visualize_grid``).
 
     Args:
@@ -340,8 +359,9 @@ def weights(net: Any, image_shape: Sequence[int], max_units: int = 256,
     _show_image(ax, grid)
     shown = f"{k} units" if k == W.shape[1] else f"the first {k} of {W.shape[1]} units"
     size = "x".join(str(s) for s in (shape if shape[2] == 3 else shape[:2]))
-    ax.set_title(f"First-layer weights: {shown}, {size} each\n"
-                 "(each scaled to its own largest weight: gray 0, light +, dark -)")
+    ax.set_title(
+        f"First-layer weights: {shown}, {size} each\n(each scaled to its own largest weight: gray 0, light +, dark -)"
+    )
     return fig
 
 
@@ -355,7 +375,7 @@ def _class_templates(W: np.ndarray, shape: tuple[int, int, int], class_names: Se
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     for i, ax in enumerate(axes):
         if i < len(names):
-            _show_image(ax, weight_grid(W[:, i:i + 1], shape, padding=0))
+            _show_image(ax, weight_grid(W[:, i : i + 1], shape, padding=0))
             ax.set_title(names[i])
         else:
             ax.axis("off")
@@ -392,8 +412,9 @@ def _labels(values: Any, name: str) -> np.ndarray:
     return a
 
 
-def confusion(y_true: Any, y_pred: Any, class_names: Sequence[str] | None = None,
-              title: str = "Confusion matrix") -> Figure:
+def confusion(
+    y_true: Any, y_pred: Any, class_names: Sequence[str] | None = None, title: str = "Confusion matrix"
+) -> Figure:
     """The confusion matrix: how often each true class (row) was predicted as each class (column).
 
     Args:
@@ -426,11 +447,23 @@ def confusion(y_true: Any, y_pred: Any, class_names: Sequence[str] | None = None
         for j in range(c):
             if counts[i, j]:
                 dark = fraction[i, j] > 0.4
-                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=fontsize,
-                        color="white" if dark else ("black" if i == j else "#b2182b"),
-                        fontweight="normal" if i == j else "bold")
-    ax.set_xticks(range(c), names, rotation=45 if long_names else 0, ha="right" if long_names else "center",
-                  rotation_mode="anchor")
+                ax.text(
+                    j,
+                    i,
+                    str(counts[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=fontsize,
+                    color="white" if dark else ("black" if i == j else "#b2182b"),
+                    fontweight="normal" if i == j else "bold",
+                )
+    ax.set_xticks(
+        range(c),
+        names,
+        rotation=45 if long_names else 0,
+        ha="right" if long_names else "center",
+        rotation_mode="anchor",
+    )
     ax.set_yticks(range(c), names)
     ax.set_xlabel("Predicted class")
     ax.set_ylabel("True class")

@@ -41,7 +41,7 @@ def epoch_summary(trainer: Any) -> dict[str, float | None]:
     """Mean loss of the current epoch's iterations so far, and the latest accuracies and learning rate."""
     ipe = trainer.iterations_per_epoch
     start = ((max(trainer.t, 1) - 1) // ipe) * ipe
-    losses = trainer.loss_history[start:trainer.t]
+    losses = trainer.loss_history[start : trainer.t]
     return {
         "loss": sum(losses) / len(losses) if losses else None,
         "train_acc": trainer.train_acc_history[-1] if trainer.train_acc_history else None,
@@ -55,9 +55,14 @@ def format_epoch_line(trainer: Any) -> str:
     s = epoch_summary(trainer)
     width = len(str(trainer.num_epochs))
     epoch = -(-trainer.t // trainer.iterations_per_epoch)
-    parts = [f"epoch {epoch:>{width}}/{trainer.num_epochs}", _fmt("loss", s["loss"], ".4f"),
-             _fmt("train acc", s["train_acc"], ".4f"), _fmt("val acc", s["val_acc"], ".4f"),
-             _fmt("lr", s["lr"], ".2e"), f"{trainer.train_seconds:.1f} s"]
+    parts = [
+        f"epoch {epoch:>{width}}/{trainer.num_epochs}",
+        _fmt("loss", s["loss"], ".4f"),
+        _fmt("train acc", s["train_acc"], ".4f"),
+        _fmt("val acc", s["val_acc"], ".4f"),
+        _fmt("lr", s["lr"], ".2e"),
+        f"{trainer.train_seconds:.1f} s",
+    ]
     return "  ".join(p for p in parts if p)
 
 
@@ -113,16 +118,21 @@ class Progress:
 
         self.close()
         width = len(str(trainer.num_epochs))
-        self._bar = tqdm(total=trainer.iterations_per_epoch, initial=pos, file=self.stream, leave=True,
-                         desc=f"epoch {epoch + 1:>{width}}/{trainer.num_epochs}", unit="it",
-                         mininterval=0.1)
+        self._bar = tqdm(
+            total=trainer.iterations_per_epoch,
+            initial=pos,
+            file=self.stream,
+            leave=True,
+            desc=f"epoch {epoch + 1:>{width}}/{trainer.num_epochs}",
+            unit="it",
+            mininterval=0.1,
+        )
         self._bar_epoch = epoch
 
     @staticmethod
     def _postfix(trainer: Any) -> str:
         s = epoch_summary(trainer)
-        parts = [_fmt("loss", s["loss"], ".4f"), _fmt("train", s["train_acc"], ".3f"),
-                 _fmt("val", s["val_acc"], ".3f")]
+        parts = [_fmt("loss", s["loss"], ".4f"), _fmt("train", s["train_acc"], ".3f"), _fmt("val", s["val_acc"], ".3f")]
         return ", ".join(p for p in parts if p)
 
     def close(self) -> None:
@@ -150,8 +160,9 @@ class TrainingBar:
         from tqdm.auto import tqdm
 
         self.flush_seconds = flush_seconds
-        self._bar = tqdm(total=trainer.num_iterations, initial=trainer.t, desc="training", unit="it",
-                         mininterval=0.1, leave=True)
+        self._bar = tqdm(
+            total=trainer.num_iterations, initial=trainer.t, desc="training", unit="it", mininterval=0.1, leave=True
+        )
         self._last_flush = self._last_postfix = time.perf_counter()
 
     def __call__(self, trainer: Any) -> None:
@@ -174,8 +185,12 @@ class TrainingBar:
         """E.g. ``epoch 3/20, loss 0.1234, train 0.981, val 0.960``."""
         s = epoch_summary(trainer)
         epoch = -(-trainer.t // trainer.iterations_per_epoch)
-        parts = [f"epoch {epoch}/{trainer.num_epochs}", _fmt("loss", s["loss"], ".4f"),
-                 _fmt("train", s["train_acc"], ".3f"), _fmt("val", s["val_acc"], ".3f")]
+        parts = [
+            f"epoch {epoch}/{trainer.num_epochs}",
+            _fmt("loss", s["loss"], ".4f"),
+            _fmt("train", s["train_acc"], ".3f"),
+            _fmt("val", s["val_acc"], ".3f"),
+        ]
         return ", ".join(p for p in parts if p)
 
     def close(self) -> None:

@@ -84,8 +84,10 @@ class Generator:
             return backend_of(like).philox_uint32(self.key, self.advance(math.prod(shape)), shape)
         first, total = (int(r) for r in rows)
         if not (shape and 0 <= first and first + shape[0] <= total):
-            raise ValueError(f"rows: expected (first, total) with 0 <= first and first + {shape[0] if shape else '?'}"
-                             f" <= total for shape {shape}, got {rows!r}")
+            raise ValueError(
+                f"rows: expected (first, total) with 0 <= first and first + {shape[0] if shape else '?'}"
+                f" <= total for shape {shape}, got {rows!r}"
+            )
         per_row = math.prod(shape[1:])
         counter = self.advance(total * per_row)
         skip, offset = divmod(first * per_row, WORDS32_PER_BLOCK)

@@ -153,8 +153,10 @@ class RunFolder:
         held = [name for name in RUN_FILES if (folder / name).exists()]
         if held:
             run.release()
-            raise RunFolderError(f"{what}: already holds a run ({', '.join(held)}); continue it with "
-                                 f"--resume {out} or choose another folder")
+            raise RunFolderError(
+                f"{what}: already holds a run ({', '.join(held)}); continue it with "
+                f"--resume {out} or choose another folder"
+            )
         return run
 
     @classmethod
@@ -170,8 +172,9 @@ class RunFolder:
                     continue
                 return cls._locked(folder, True, f"run folder {folder}", new_run=True)
         except OSError as exc:
-            raise RunFolderError(f"{base.parent}: cannot create a run folder: {describe_os_error(exc)}; "
-                                 "choose one with --out") from None
+            raise RunFolderError(
+                f"{base.parent}: cannot create a run folder: {describe_os_error(exc)}; choose one with --out"
+            ) from None
         raise RunFolderError(f"{base}: could not create a new run folder; choose one with --out")
 
     @classmethod
@@ -225,8 +228,10 @@ class RunFolder:
         if _try_lock(fd) and _same_file(fd, lock):
             return cls(folder, created, fd, new_run)
         os.close(fd)
-        raise RunFolderError(f"{what}: another xpdl process is writing this run folder (it holds {lock}); "
-                             "wait for it to finish or choose another folder")
+        raise RunFolderError(
+            f"{what}: another xpdl process is writing this run folder (it holds {lock}); "
+            "wait for it to finish or choose another folder"
+        )
 
     # ------------------------------------------------------------ giving it back
     def release(self) -> None:

@@ -79,8 +79,11 @@ class Number(Node):
         return value
 
     def _range(self) -> str:
-        parts = [f"> {self.gt:g}" if self.gt is not None else "", f">= {self.ge:g}" if self.ge is not None else "",
-                 f"<= {self.le:g}" if self.le is not None else ""]
+        parts = [
+            f"> {self.gt:g}" if self.gt is not None else "",
+            f">= {self.ge:g}" if self.ge is not None else "",
+            f"<= {self.le:g}" if self.le is not None else "",
+        ]
         return "".join(f" {p}" for p in parts if p)
 
 
@@ -156,8 +159,11 @@ class Obj(Node):
         missing = sorted(set(self.required) - set(value))
         if missing:
             raise SchemaError(_join(where, missing[0]), "missing")
-        unknown = sorted(k for k in set(value) - set(self.fields)
-                         if self.extra is None or not re.fullmatch(r"\w{1,100}", k, re.ASCII))
+        unknown = sorted(
+            k
+            for k in set(value) - set(self.fields)
+            if self.extra is None or not re.fullmatch(r"\w{1,100}", k, re.ASCII)
+        )
         if unknown:
             raise SchemaError(_join(where, unknown[0]), f"unknown field; expected one of {sorted(self.fields)}")
         return {k: self.fields.get(k, self.extra).check(v, _join(where, k)) for k, v in value.items()}
@@ -196,8 +202,7 @@ class AnyJSON(Node):
                 if depth >= self.max_depth:
                     raise SchemaError(w, f"nested deeper than {self.max_depth} levels")
                 items = v.items() if isinstance(v, dict) else enumerate(v)
-                stack.extend((x, _join(w, str(k)) if isinstance(v, dict) else f"{w}[{k}]", depth + 1)
-                             for k, x in items)
+                stack.extend((x, _join(w, str(k)) if isinstance(v, dict) else f"{w}[{k}]", depth + 1) for k, x in items)
             elif isinstance(v, float) and not math.isfinite(v):
                 raise SchemaError(w, f"expected a finite number, got {v}")
         return value

@@ -41,8 +41,14 @@ import numpy as np
 from xpdl import distributed, updater
 from xpdl.progress import TrainingBar
 
-HISTORY_LISTS = ("loss_history", "train_acc_history", "val_acc_history", "lr_history", "time_history",
-                 "check_iterations")
+HISTORY_LISTS = (
+    "loss_history",
+    "train_acc_history",
+    "val_acc_history",
+    "lr_history",
+    "time_history",
+    "check_iterations",
+)
 
 
 class Trainer:
@@ -103,8 +109,10 @@ class Trainer:
         self.on_epoch_end: Callable | None = kwargs.pop("on_epoch_end", None)
         self.comm = kwargs.pop("comm", None) or distributed.single_process()
         if not isinstance(self.comm, distributed.Communicator):
-            raise TypeError(f"comm: expected an xpdl.distributed.Communicator (xpdl.distributed.init()), "
-                            f"got {type(self.comm).__name__}")
+            raise TypeError(
+                f"comm: expected an xpdl.distributed.Communicator (xpdl.distributed.init()), "
+                f"got {type(self.comm).__name__}"
+            )
         self.local_batchnorm = kwargs.pop("local_batchnorm", False)
         if not isinstance(self.local_batchnorm, bool):
             raise TypeError(f"local_batchnorm: expected True or False, got {self.local_batchnorm!r}")
@@ -122,13 +130,17 @@ class Trainer:
         if self.X_train.shape[0] == 0:
             raise ValueError("data['X_train']: expected at least one sample, got 0")
         if getattr(model, "use_batchnorm", False) and self.effective_batch_size < 2:
-            raise ValueError(f"batch_size: batch norm needs at least 2 samples per batch, got "
-                             f"{self.effective_batch_size} (batch_size={self.batch_size}, "
-                             f"{self.X_train.shape[0]} training samples)")
+            raise ValueError(
+                f"batch_size: batch norm needs at least 2 samples per batch, got "
+                f"{self.effective_batch_size} (batch_size={self.batch_size}, "
+                f"{self.X_train.shape[0]} training samples)"
+            )
         per_rank = 2 if getattr(model, "use_batchnorm", False) and self.local_batchnorm else 1
         if self.effective_batch_size < per_rank * self.comm.size:
-            raise ValueError(f"batch_size: expected at least {per_rank} sample(s) per rank for {self.comm.size} "
-                             f"ranks, got a batch of {self.effective_batch_size}")
+            raise ValueError(
+                f"batch_size: expected at least {per_rank} sample(s) per rank for {self.comm.size} "
+                f"ranks, got a batch of {self.effective_batch_size}"
+            )
 
         self._reset_history()
 
@@ -146,14 +158,23 @@ class Trainer:
         backend = self.model.backend
         if self._data_backend is backend:
             return
-        self._data = {k: backend.to_numpy(v) if hasattr(v, "shape") else v for k, v in
-                      (("X_train", self.X_train), ("y_train", self.y_train), ("X_val", self.X_val),
-                       ("y_val", self.y_val))}
+        self._data = {
+            k: backend.to_numpy(v) if hasattr(v, "shape") else v
+            for k, v in (
+                ("X_train", self.X_train),
+                ("y_train", self.y_train),
+                ("X_val", self.X_val),
+                ("y_val", self.y_val),
+            )
+        }
         self._place_data()
         self.updater_configs = {
-            p: {k: (backend.asarray(backend.to_numpy(v), dtype=self.model.dtype) if hasattr(v, "shape") else v)
-                for k, v in config.items()}
-            for p, config in self.updater_configs.items()}
+            p: {
+                k: (backend.asarray(backend.to_numpy(v), dtype=self.model.dtype) if hasattr(v, "shape") else v)
+                for k, v in config.items()
+            }
+            for p, config in self.updater_configs.items()
+        }
         self.best_state = {k: self.model._copy(v) for k, v in self.best_state.items()}
         self._perm_epoch = None
         self._buffers = {}
@@ -224,8 +245,9 @@ class Trainer:
 
     def _train_step(self, X: Any, y: Any) -> Any:
         """One step on validated device arrays: each layer is updated as soon as its gradients exist."""
-        loss, _ = self.model.loss_and_grads(X, y, input_grad=False, on_grads=self.apply_gradients,
-                                            buffers=self._buffers)
+        loss, _ = self.model.loss_and_grads(
+            X, y, input_grad=False, on_grads=self.apply_gradients, buffers=self._buffers
+        )
         return loss
 
     def _train_step_shard(self, X: Any, y: Any, first: int, total: int) -> Any:
@@ -245,8 +267,9 @@ class Trainer:
         for bn in bn_params:
             bn["comm"] = sync
         try:
-            loss, grads = model.loss_and_grads(X, y, input_grad=False, buffers=self._buffers,
-                                               loss_scale=X.shape[0] / total, regularize=False)
+            loss, grads = model.loss_and_grads(
+                X, y, input_grad=False, buffers=self._buffers, loss_scale=X.shape[0] / total, regularize=False
+            )
         finally:
             if drop is not None:
                 drop.pop("rows", None)
@@ -280,7 +303,7 @@ class Trainer:
         self.allreduce_seconds += time.perf_counter() - tick
         views = [xp.reshape(flat[start:stop], a.shape) for (_, a), start, stop in zip(parts, offsets, offsets[1:])]
         summed = {k: v for (k, _), v in zip(parts, views) if k is not None}
-        for (bn, key), v in zip(stats, views[len(grads) + 1:]):
+        for (bn, key), v in zip(stats, views[len(grads) + 1 :]):
             bn[key] = v / self.comm.size
         return views[len(grads)], summed
 
@@ -304,7 +327,7 @@ class Trainer:
             self._perm = self.model.backend.asarray(perm)
             self._perm_epoch = epoch
         bs = self.effective_batch_size
-        return self._perm[pos * bs:(pos + 1) * bs]
+        return self._perm[pos * bs : (pos + 1) * bs]
 
     def _step(self) -> None:
         xp = self.model.backend.xp
@@ -338,7 +361,8 @@ class Trainer:
                 raise FloatingPointError(
                     f"loss became {value} at iteration {t + 1} (epoch {t // self.iterations_per_epoch + 1}); "
                     f"training stopped and the model holds the best parameters seen so far "
-                    f"({self._best_description()}); try a smaller learning rate")
+                    f"({self._best_description()}); try a smaller learning rate"
+                )
             self.loss_history.append(value)
 
     # ------------------------------------------------------------ accuracy
@@ -386,8 +410,12 @@ class Trainer:
             for p, config in self.updater_configs.items()
         }
         return {
-            "counters": {"t": self.t, "epoch": self.epoch, "best_val_acc": self.best_val_acc,
-                         "train_seconds": self.train_seconds},
+            "counters": {
+                "t": self.t,
+                "epoch": self.epoch,
+                "best_val_acc": self.best_val_acc,
+                "train_seconds": self.train_seconds,
+            },
             "history": {name: list(getattr(self, name)) for name in HISTORY_LISTS},
             "model": {k: to_host(v).copy() for k, v in self.model.state_arrays().items()},
             "best": {k: to_host(v).copy() for k, v in self.best_state.items()},
@@ -401,18 +429,24 @@ class Trainer:
         Everything is checked (keys, shapes) before the trainer or the model changes.
         """
         if set(state.get("updater", {})) != set(self.model.params):
-            raise ValueError(f"state['updater']: expected one config per parameter {sorted(self.model.params)}, "
-                             f"got {sorted(state.get('updater', {}))}")
+            raise ValueError(
+                f"state['updater']: expected one config per parameter {sorted(self.model.params)}, "
+                f"got {sorted(state.get('updater', {}))}"
+            )
         for p, config in state["updater"].items():
             for k, v in config.items():
                 if hasattr(v, "shape") and tuple(v.shape) != tuple(self.model.params[p].shape):
-                    raise ValueError(f"state['updater'][{p!r}][{k!r}]: expected shape "
-                                     f"{tuple(self.model.params[p].shape)}, got {tuple(v.shape)}")
+                    raise ValueError(
+                        f"state['updater'][{p!r}][{k!r}]: expected shape "
+                        f"{tuple(self.model.params[p].shape)}, got {tuple(v.shape)}"
+                    )
         self.model.load_state_arrays(state["model"])
         backend = self.model.backend
         self.updater_configs = {
-            p: {k: (backend.asarray(backend.to_numpy(v), dtype=self.model.dtype) if hasattr(v, "shape") else v)
-                for k, v in config.items()}
+            p: {
+                k: (backend.asarray(backend.to_numpy(v), dtype=self.model.dtype) if hasattr(v, "shape") else v)
+                for k, v in config.items()
+            }
             for p, config in state["updater"].items()
         }
         self.best_state = {k: self.model._copy(v) for k, v in state.get("best", {}).items()}
@@ -424,8 +458,9 @@ class Trainer:
             setattr(self, name, list(state["history"].get(name, [])))
         if len(self.check_iterations) != len(self.val_acc_history):  # a state saved before they were recorded
             ipe = self.iterations_per_epoch
-            self.check_iterations = ([1] + [k * ipe for k in range(1, len(self.val_acc_history) + 1)
-                                            if k * ipe != 1])[:len(self.val_acc_history)]
+            self.check_iterations = ([1] + [k * ipe for k in range(1, len(self.val_acc_history) + 1) if k * ipe != 1])[
+                : len(self.val_acc_history)
+            ]
         self._pending_losses = []
         self.model.rng.set_state(state["rng"])
 
@@ -521,7 +556,6 @@ class Trainer:
         if not self.best_state:
             self.record_best(self.check_accuracy(self.X_val, self.y_val, num_samples=self.num_val_samples))
         self.restore_best()
-
 
 
 def _checked_dict(value: Any, name: str) -> dict:

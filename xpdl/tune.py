@@ -53,27 +53,46 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     from xpdl.cli import nonnegative_int
 
     p = subparsers.add_parser(
-        "tune", help="hyperparameter search over xpdl train options (Optuna; parallel workers, many machines)",
+        "tune",
+        help="hyperparameter search over xpdl train options (Optuna; parallel workers, many machines)",
         description="Search xpdl train options with Optuna. Options of xpdl train given here are fixed for "
-                    "every trial; --search NAME=LOW..HIGH[:log] or NAME=A/B/C searches one (NAME: the option "
-                    "without dashes). Each trial is an xpdl train run under DIR/trials/.")
+        "every trial; --search NAME=LOW..HIGH[:log] or NAME=A/B/C searches one (NAME: the option "
+        "without dashes). Each trial is an xpdl train run under DIR/trials/.",
+    )
     s = p.add_argument_group("search")
-    s.add_argument("--search", action="append", metavar="NAME=SPEC",
-                   help="a searched option: NAME=LOW..HIGH, NAME=LOW..HIGH:log or NAME=A/B/C (repeatable)")
-    s.add_argument("--trials", type=nonnegative_int, metavar="N",
-                   help=f"trials in total, finished or running (default {DEFAULT_TRIALS}; "
-                        "with --resume: the new total)")
-    s.add_argument("--workers", type=nonnegative_int, metavar="W",
-                   help="worker processes on this machine (default: the cores, at most the trials left; "
-                        "0: only create or update the study)")
+    s.add_argument(
+        "--search",
+        action="append",
+        metavar="NAME=SPEC",
+        help="a searched option: NAME=LOW..HIGH, NAME=LOW..HIGH:log or NAME=A/B/C (repeatable)",
+    )
+    s.add_argument(
+        "--trials",
+        type=nonnegative_int,
+        metavar="N",
+        help=f"trials in total, finished or running (default {DEFAULT_TRIALS}; with --resume: the new total)",
+    )
+    s.add_argument(
+        "--workers",
+        type=nonnegative_int,
+        metavar="W",
+        help="worker processes on this machine (default: the cores, at most the trials left; "
+        "0: only create or update the study)",
+    )
     s.add_argument("--sampler", choices=("tpe", "random"), help="Optuna sampler (default tpe, with constant_liar)")
     s.add_argument("--pruner", choices=("median", "asha", "none"), help="stops poor trials early (default median)")
-    s.add_argument("--seed", type=nonnegative_int, metavar="S",
-                   help="trial N trains with seed S + N; also seeds the samplers (default 0)")
+    s.add_argument(
+        "--seed",
+        type=nonnegative_int,
+        metavar="S",
+        help="trial N trains with seed S + N; also seeds the samplers (default 0)",
+    )
     w = p.add_argument_group("study")
-    w.add_argument("--storage", metavar="URL",
-                   help="an SQLAlchemy URL (postgresql+psycopg2://user:pw@host/db) or a journal file "
-                        "(default DIR/journal.log)")
+    w.add_argument(
+        "--storage",
+        metavar="URL",
+        help="an SQLAlchemy URL (postgresql+psycopg2://user:pw@host/db) or a journal file (default DIR/journal.log)",
+    )
     w.add_argument("--study", metavar="NAME", help="study name (default: the name of DIR)")
     w.add_argument("--out", metavar="DIR", help="folder for the study (default runs/tune-<timestamp>)")
     w.add_argument("--resume", metavar="DIR", help="continue the study of folder DIR")
@@ -113,20 +132,33 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def _start(args: argparse.Namespace) -> int:
     fixed = given_fixed(args)
-    out, spec, name = new_study(args.search or [], fixed, trials=args.trials, storage=args.storage,
-                                study=args.study, out=args.out, sampler=args.sampler or "tpe",
-                                pruner=args.pruner or "median", seed=args.seed or 0)
+    out, spec, name = new_study(
+        args.search or [],
+        fixed,
+        trials=args.trials,
+        storage=args.storage,
+        study=args.study,
+        out=args.out,
+        sampler=args.sampler or "tpe",
+        pruner=args.pruner or "median",
+        seed=args.seed or 0,
+    )
     return drive(out, spec, name, args.workers, args.quiet)
 
 
 def _resume(args: argparse.Namespace) -> int:
     from xpdl import tune_study as ts
 
-    given = [f"--{k}" for k in ("search", "sampler", "pruner", "seed", "storage", "study", "out", "join")
-             if getattr(args, k) is not None] + [f"--{n}" for n in given_fixed(args)]
+    given = [
+        f"--{k}"
+        for k in ("search", "sampler", "pruner", "seed", "storage", "study", "out", "join")
+        if getattr(args, k) is not None
+    ] + [f"--{n}" for n in given_fixed(args)]
     if given:
-        raise TuneError(f"--resume continues the study with its saved settings; only --trials, --workers and "
-                        f"--quiet may be given, got {', '.join(given)}")
+        raise TuneError(
+            f"--resume continues the study with its saved settings; only --trials, --workers and "
+            f"--quiet may be given, got {', '.join(given)}"
+        )
     out, spec, name = read_study_file(args.resume)
     study = open_study(spec, name)
     if args.trials is not None:
@@ -137,8 +169,10 @@ def _resume(args: argparse.Namespace) -> int:
         Path(spec + ".lock").unlink(missing_ok=True)
         dead = ts.recover(study, "its worker was gone when the study was resumed")
         if dead and not args.quiet:
-            print(f"trials {', '.join(map(str, dead))} were left running by workers that are gone: "
-                  "marked FAIL and queued again")
+            print(
+                f"trials {', '.join(map(str, dead))} were left running by workers that are gone: "
+                "marked FAIL and queued again"
+            )
     return drive(out, spec, name, args.workers, args.quiet)
 
 
@@ -147,11 +181,14 @@ def _join(args: argparse.Namespace) -> int:
 
     if not args.study:
         raise TuneError("--join needs --study NAME, the study to work on")
-    given = [f"--{k}" for k in ("search", "sampler", "pruner", "seed", "storage", "trials")
-             if getattr(args, k) is not None] + [f"--{n}" for n in given_fixed(args)]
+    given = [
+        f"--{k}" for k in ("search", "sampler", "pruner", "seed", "storage", "trials") if getattr(args, k) is not None
+    ] + [f"--{n}" for n in given_fixed(args)]
     if given:
-        raise TuneError(f"--join works with the study's saved settings; only --workers, --out and --quiet "
-                        f"may be given, got {', '.join(given)}")
+        raise TuneError(
+            f"--join works with the study's saved settings; only --workers, --out and --quiet "
+            f"may be given, got {', '.join(given)}"
+        )
     study = open_study(args.join, args.study)
     ts.fail_stale(study)
     out = Path(args.out or Path("runs") / f"tune-{args.study}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -160,9 +197,18 @@ def _join(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- study folders
-def new_study(search: Iterable[str] | Mapping[str, Any], fixed: Mapping[str, Any], *, trials: int | None,
-              storage: str | None, study: str | None, out: str | os.PathLike[str] | None, sampler: str,
-              pruner: str, seed: int) -> tuple[Path, str, str]:
+def new_study(
+    search: Iterable[str] | Mapping[str, Any],
+    fixed: Mapping[str, Any],
+    *,
+    trials: int | None,
+    storage: str | None,
+    study: str | None,
+    out: str | os.PathLike[str] | None,
+    sampler: str,
+    pruner: str,
+    seed: int,
+) -> tuple[Path, str, str]:
     """Check the settings, create the study folder and the study; returns (folder, storage spec, study name).
 
     Raises:
@@ -176,22 +222,32 @@ def new_study(search: Iterable[str] | Mapping[str, Any], fixed: Mapping[str, Any
     space = parse_space(search, fixed)
     trials = DEFAULT_TRIALS if trials is None else trials
     if sampler not in ts.SAMPLERS or pruner not in ts.PRUNERS:
-        raise TuneError(f"sampler, pruner: expected one of {ts.SAMPLERS} and {ts.PRUNERS}, got {sampler!r}, "
-                        f"{pruner!r}")
+        raise TuneError(f"sampler, pruner: expected one of {ts.SAMPLERS} and {ts.PRUNERS}, got {sampler!r}, {pruner!r}")
     folder = Path(out) if out is not None else Path("runs") / f"tune-{time.strftime('%Y%m%d-%H%M%S')}"
     if (folder / STUDY_FILE).exists():
-        raise TuneError(f"--out {folder}: already holds a study ({STUDY_FILE}); continue it with "
-                        f"xpdl tune --resume {folder}, or choose another folder")
+        raise TuneError(
+            f"--out {folder}: already holds a study ({STUDY_FILE}); continue it with "
+            f"xpdl tune --resume {folder}, or choose another folder"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     name = study or folder.resolve().name
     spec = storage or str((folder / ts.JOURNAL_FILE).resolve())
-    config = {"fixed": fixed, "search": [str(p) for p in space], "sampler": sampler, "pruner": pruner,
-              "seed": int(seed), "trials": int(trials), "xpdl_version": xpdl.__version__}
+    config = {
+        "fixed": fixed,
+        "search": [str(p) for p in space],
+        "sampler": sampler,
+        "pruner": pruner,
+        "seed": int(seed),
+        "trials": int(trials),
+        "xpdl_version": xpdl.__version__,
+    }
     try:
         ts.create_study(ts.open_storage(spec), name, config)
     except DuplicatedStudyError:
-        raise TuneError(f"--study {name}: a study of that name exists in {_safe_url(spec)}; work on it with "
-                        f"--join {_safe_url(spec)} --study {name}, or choose another name") from None
+        raise TuneError(
+            f"--study {name}: a study of that name exists in {_safe_url(spec)}; work on it with "
+            f"--join {_safe_url(spec)} --study {name}, or choose another name"
+        ) from None
     write_study_file(folder, spec, name)
     return folder, spec, name
 
@@ -211,8 +267,9 @@ def read_study_file(folder: str | os.PathLike[str]) -> tuple[Path, str, str]:
         doc = json.loads(path.read_text(encoding="utf-8"))
         return Path(folder), doc["storage"], doc["study"]
     except (OSError, ValueError, KeyError) as exc:
-        raise TuneError(f"--resume {folder}: no readable {STUDY_FILE} ({exc}); "
-                        "not a folder made by xpdl tune?") from None
+        raise TuneError(
+            f"--resume {folder}: no readable {STUDY_FILE} ({exc}); not a folder made by xpdl tune?"
+        ) from None
 
 
 def open_study(spec: str, name: str) -> Any:
@@ -257,11 +314,23 @@ def start_workers(out: Path, spec: str, name: str, count: int, seeds: list[int])
     logs.mkdir(parents=True, exist_ok=True)
     procs = []
     for k in range(count):
-        cmd = [sys.executable, "-m", "xpdl", "tune", "--worker", "--storage", spec, "--study", name,
-               "--out", str(out.resolve()), "--worker-seed", str(seeds[k])]
+        cmd = [
+            sys.executable,
+            "-m",
+            "xpdl",
+            "tune",
+            "--worker",
+            "--storage",
+            spec,
+            "--study",
+            name,
+            "--out",
+            str(out.resolve()),
+            "--worker-seed",
+            str(seeds[k]),
+        ]
         with open(logs / f"worker-{k}.log", "ab") as log:
-            procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                          env=env))
+            procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env))
     return procs
 
 
@@ -296,8 +365,10 @@ def drive(out: Path, spec: str, name: str, workers: int | None, quiet: bool, joi
     seen = {t.number for t in trials if t.state in ts.FINISHED}
     done = sum(t.state in ts.FINISHED for t in ts.counted(trials))
     if not quiet:
-        print(f"study {name} in {_safe_url(spec)}: {done} of {config['trials']} trials done; {count} workers "
-              f"x {max(1, (os.cpu_count() or 1) // max(count, 1))} BLAS threads; trial runs in {out / 'trials'}")
+        print(
+            f"study {name} in {_safe_url(spec)}: {done} of {config['trials']} trials done; {count} workers "
+            f"x {max(1, (os.cpu_count() or 1) // max(count, 1))} BLAS threads; trial runs in {out / 'trials'}"
+        )
     base = secrets.randbelow(2**30) if joined else config["seed"] * 1_000_003 + len(trials) * 101
     procs = start_workers(out, spec, name, count, [(base + k) % 2**31 for k in range(count)]) if count else []
     interrupted = False
@@ -327,12 +398,16 @@ def drive(out: Path, spec: str, name: str, workers: int | None, quiet: bool, joi
     print(tr.best_table(finished))
     print(f"summary in {out / tr.SUMMARY_FILE}, plot in {out / tr.PLOT_FILE}")
     if count == 0 and not quiet:
-        print(f"no workers started; work on the study with: xpdl tune --resume {out}, or from other machines: "
-              f"xpdl tune --join {_safe_url(spec)} --study {name}")
+        print(
+            f"no workers started; work on the study with: xpdl tune --resume {out}, or from other machines: "
+            f"xpdl tune --join {_safe_url(spec)} --study {name}"
+        )
     failed = [(k, p) for k, p in enumerate(procs) if p.returncode not in (0, 130)]
     for k, proc in failed:
-        print(f"worker {k} (pid {proc.pid}) exited with code {proc.returncode}; see {out / 'logs'}/worker-{k}.log",
-              file=sys.stderr)
+        print(
+            f"worker {k} (pid {proc.pid}) exited with code {proc.returncode}; see {out / 'logs'}/worker-{k}.log",
+            file=sys.stderr,
+        )
     if interrupted or failed:
         print(f"continue with: xpdl tune --resume {out}", file=sys.stderr)
     return 130 if interrupted else 1 if failed else 0
@@ -340,6 +415,7 @@ def drive(out: Path, spec: str, name: str, workers: int | None, quiet: bool, joi
 
 def _sigterm_as_interrupt() -> Any:
     """Treat SIGTERM like Ctrl-C while workers run (so they are stopped too); returns the old handler."""
+
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
@@ -361,9 +437,20 @@ def _print_new(study: Any, seen: set[int], quiet: bool) -> set[int]:
 
 
 # ---------------------------------------------------------------- Python
-def tune(space: Iterable[str] | Mapping[str, Any], trials: int = DEFAULT_TRIALS, workers: int | None = None,
-         storage: str | None = None, *, study: str | None = None, out: str | os.PathLike[str] | None = None,
-         sampler: str = "tpe", pruner: str = "median", seed: int = 0, quiet: bool = True, **fixed: Any) -> Any:
+def tune(
+    space: Iterable[str] | Mapping[str, Any],
+    trials: int = DEFAULT_TRIALS,
+    workers: int | None = None,
+    storage: str | None = None,
+    *,
+    study: str | None = None,
+    out: str | os.PathLike[str] | None = None,
+    sampler: str = "tpe",
+    pruner: str = "median",
+    seed: int = 0,
+    quiet: bool = True,
+    **fixed: Any,
+) -> Any:
     """Run a new study, as ``xpdl tune`` does, and return it (an ``optuna.Study``).
 
     Args:
@@ -383,12 +470,22 @@ def tune(space: Iterable[str] | Mapping[str, Any], trials: int = DEFAULT_TRIALS,
         import optuna  # noqa: F401
     except ImportError:
         raise ImportError(INSTALL_HINT) from None
-    folder, spec, name = new_study(space, fixed_options(fixed), trials=trials, storage=storage, study=study,
-                                   out=out, sampler=sampler, pruner=pruner, seed=seed)
+    folder, spec, name = new_study(
+        space,
+        fixed_options(fixed),
+        trials=trials,
+        storage=storage,
+        study=study,
+        out=out,
+        sampler=sampler,
+        pruner=pruner,
+        seed=seed,
+    )
     code = drive(folder, spec, name, workers, quiet)
     if code == 130:
         raise KeyboardInterrupt
     if code != 0:
-        raise RuntimeError(f"xpdl tune: a worker failed; see {folder / 'logs'}; continue with "
-                           f"xpdl tune --resume {folder}")
+        raise RuntimeError(
+            f"xpdl tune: a worker failed; see {folder / 'logs'}; continue with xpdl tune --resume {folder}"
+        )
     return open_study(spec, name)

@@ -42,8 +42,9 @@ def progress_line(trial: Any) -> str:
     """One line for a finished trial: number, state, value, params, seconds (and the error of a failure)."""
     value = "" if trial.value is None else f"val acc {trial.value:.4f}"
     secs = seconds(trial)
-    line = (f"trial {trial.number:>3} {state_name(trial):<8} {value:<14} {format_params(trial.params)}"
-            + (f"  {secs:.1f} s" if secs is not None else ""))
+    line = f"trial {trial.number:>3} {state_name(trial):<8} {value:<14} {format_params(trial.params)}" + (
+        f"  {secs:.1f} s" if secs is not None else ""
+    )
     if "error" in trial.user_attrs:
         line += f"  ({trial.user_attrs['error']})"
     return line
@@ -68,14 +69,21 @@ def best_table(trials: list[Any], top: int = 5) -> str:
     lines.append(f"{'trial':>5}  {'val acc':>7}  {'seconds':>7}  {'run':<18}  params")
     for t in best:
         secs = seconds(t)
-        lines.append(f"{t.number:>5}  {t.value:>7.4f}  {secs if secs is not None else float('nan'):>7.1f}  "
-                     f"{t.user_attrs.get('run', ''):<18}  {format_params(t.params)}")
+        lines.append(
+            f"{t.number:>5}  {t.value:>7.4f}  {secs if secs is not None else float('nan'):>7.1f}  "
+            f"{t.user_attrs.get('run', ''):<18}  {format_params(t.params)}"
+        )
     return "\n".join(lines)
 
 
 def _entry(trial: Any) -> dict[str, Any]:
-    return {"number": trial.number, "state": state_name(trial), "value": trial.value,
-            "params": dict(trial.params), "run": trial.user_attrs.get("run")}
+    return {
+        "number": trial.number,
+        "state": state_name(trial),
+        "value": trial.value,
+        "params": dict(trial.params),
+        "run": trial.user_attrs.get("run"),
+    }
 
 
 def summary_doc(trials: list[Any]) -> dict[str, Any]:
@@ -84,8 +92,10 @@ def summary_doc(trials: list[Any]) -> dict[str, Any]:
     ``run`` is the trial's run folder relative to the tune folder (on the machine that ran it).
     """
     best = ranked(trials)
-    return {"best": _entry(best[0]) if best else None,
-            "trials": [_entry(t) for t in sorted(trials, key=lambda t: t.number)]}
+    return {
+        "best": _entry(best[0]) if best else None,
+        "trials": [_entry(t) for t in sorted(trials, key=lambda t: t.number)],
+    }
 
 
 def write_summary(out: str | os.PathLike[str], trials: list[Any]) -> Path:
@@ -107,8 +117,9 @@ def plot_study(trials: list[Any], space: list[SearchParam], path: str | os.PathL
     except ImportError:
         print("xpdl: matplotlib is not installed; skipping tune.png (pip install matplotlib)", file=sys.stderr)
         return None
-    points = sorted((t for t in trials if t.value is not None and state_name(t) in ("COMPLETE", "PRUNED")),
-                    key=lambda t: t.number)
+    points = sorted(
+        (t for t in trials if t.value is not None and state_name(t) in ("COMPLETE", "PRUNED")), key=lambda t: t.number
+    )
     panels = 1 + len(space)
     cols = min(panels, 3)
     rows = math.ceil(panels / cols)

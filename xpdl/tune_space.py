@@ -92,8 +92,7 @@ def _convert(action: argparse.Action, name: str, text: str) -> Any:
             raise SearchSpaceError(f"--search {name}: expected on or off, got {text!r}")
         return SWITCH_VALUES[text.lower()]
     if action.choices is not None and text not in action.choices:
-        raise SearchSpaceError(f"--search {name}: expected one of {', '.join(map(str, action.choices))}, "
-                               f"got {text!r}")
+        raise SearchSpaceError(f"--search {name}: expected one of {', '.join(map(str, action.choices))}, got {text!r}")
     if action.type is None:
         return text
     try:
@@ -115,8 +114,9 @@ def parse_search(text: str, actions: Mapping[str, argparse.Action] | None = None
     if not sep or not name or not spec:
         raise SearchSpaceError(f"--search: expected NAME=LOW..HIGH[:log] or NAME=A/B/C, got {text!r}")
     if name not in actions:
-        raise SearchSpaceError(f"--search {name}: not an xpdl train option; expected one of "
-                               f"{', '.join(sorted(actions))}")
+        raise SearchSpaceError(
+            f"--search {name}: not an xpdl train option; expected one of {', '.join(sorted(actions))}"
+        )
     action = actions[name]
     if ".." in spec:
         return _parse_range(name, spec, action)
@@ -136,8 +136,10 @@ def _parse_range(name: str, spec: str, action: argparse.Action) -> SearchParam:
     low, high = _convert(action, name, low_text.strip()), _convert(action, name, high_text.strip())
     kinds = {type(v) for v in (low, high)}
     if kinds not in ({int}, {float}):
-        raise SearchSpaceError(f"--search {name}: a range needs a numeric option, --{name} takes "
-                               f"{action.metavar or 'a value'} (give choices A/B/C instead)")
+        raise SearchSpaceError(
+            f"--search {name}: a range needs a numeric option, --{name} takes "
+            f"{action.metavar or 'a value'} (give choices A/B/C instead)"
+        )
     if not low < high:
         raise SearchSpaceError(f"--search {name}: expected LOW < HIGH, got {spec!r}")
     if scale == "log" and low <= 0:
@@ -153,8 +155,10 @@ def parse_space(specs: Iterable[str] | Mapping[str, Any], fixed: Mapping[str, An
             (option names with dashes or underscores).
     """
     if isinstance(specs, Mapping):
-        specs = [f"{k.replace('_', '-')}={'/'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
-                 for k, v in specs.items()]
+        specs = [
+            f"{k.replace('_', '-')}={'/'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+            for k, v in specs.items()
+        ]
     actions = train_actions()
     space = [parse_search(s, actions) for s in specs]
     names = [p.name for p in space]
@@ -162,8 +166,9 @@ def parse_space(specs: Iterable[str] | Mapping[str, Any], fixed: Mapping[str, An
         if names.count(name) > 1:
             raise SearchSpaceError(f"--search {name}: searched twice; give each option once")
         if name in {k.replace("_", "-") for k in fixed}:
-            raise SearchSpaceError(f"--search {name}: also given as a fixed option --{name}; "
-                                   "give it either fixed or searched")
+            raise SearchSpaceError(
+                f"--search {name}: also given as a fixed option --{name}; give it either fixed or searched"
+            )
     if not space:
         raise SearchSpaceError("--search: expected at least one NAME=LOW..HIGH[:log] or NAME=A/B/C")
     return space
@@ -182,8 +187,9 @@ def fixed_options(values: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in values.items():
         name = key.replace("_", "-")
         if name not in actions:
-            raise SearchSpaceError(f"{key}: not a fixed xpdl train option for tune; expected one of "
-                                   f"{', '.join(sorted(actions))}")
+            raise SearchSpaceError(
+                f"{key}: not a fixed xpdl train option for tune; expected one of {', '.join(sorted(actions))}"
+            )
         action = actions[name]
         if isinstance(value, str) or (is_switch(action) and not isinstance(value, bool)):
             value = _convert(action, name, str(value))
@@ -214,5 +220,6 @@ def options_argv(values: Mapping[str, Any]) -> list[str]:
 
 def given_fixed(args: argparse.Namespace) -> dict[str, Any]:
     """The ``xpdl train`` options given on a ``xpdl tune`` command line: option name -> parsed value."""
-    return {name: getattr(args, a.dest) for name, a in train_actions().items()
-            if getattr(args, a.dest, None) is not None}
+    return {
+        name: getattr(args, a.dest) for name, a in train_actions().items() if getattr(args, a.dest, None) is not None
+    }

@@ -54,8 +54,13 @@ def open_storage(spec: str) -> optuna.storages.BaseStorage:
             retry = {"heartbeat_stale_trial_callback": callback_class()}
         else:  # Optuna before 4.9
             retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback()}
-        return optuna.storages.RDBStorage(spec, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
-                                          engine_kwargs={"pool_pre_ping": True}, **retry)
+        return optuna.storages.RDBStorage(
+            spec,
+            heartbeat_interval=HEARTBEAT_INTERVAL,
+            grace_period=GRACE_PERIOD,
+            engine_kwargs={"pool_pre_ping": True},
+            **retry,
+        )
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -85,8 +90,9 @@ def create_study(storage: optuna.storages.BaseStorage, name: str, config: dict[s
     return study
 
 
-def load_study(storage: optuna.storages.BaseStorage, name: str, sampler: Any = None,
-               pruner: Any = None) -> optuna.Study:
+def load_study(
+    storage: optuna.storages.BaseStorage, name: str, sampler: Any = None, pruner: Any = None
+) -> optuna.Study:
     """The existing study ``name``; KeyError saying so if there is none."""
     try:
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
@@ -122,8 +128,11 @@ def retried_numbers(trials: Iterable[FrozenTrial]) -> set[int]:
 def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """The trials that use up the budget: all but re-queued failures and surplus trials."""
     retried = retried_numbers(trials)
-    return [t for t in trials if not t.user_attrs.get("surplus")
-            and not (t.state == TrialState.FAIL and t.number in retried)]
+    return [
+        t
+        for t in trials
+        if not t.user_attrs.get("surplus") and not (t.state == TrialState.FAIL and t.number in retried)
+    ]
 
 
 def visible(trials: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -153,9 +162,14 @@ def fail_and_requeue(study: optuna.Study, trial: FrozenTrial, reason: str) -> No
     elif trial.state != TrialState.FAIL:
         return
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
-    study.add_trial(optuna.trial.create_trial(
-        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-        system_attrs={"failed_trial": history[0], "retry_history": history}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            system_attrs={"failed_trial": history[0], "retry_history": history},
+        )
+    )
 
 
 def recover(study: optuna.Study, reason: str, is_dead: Callable[[FrozenTrial], bool] = lambda t: True) -> list[int]:

@@ -66,8 +66,15 @@ class Objective:
         folder = trial_folder(self.out, trial.number)
         trial.set_user_attr("worker", ts.worker_name())
         trial.set_user_attr("run", str(folder.relative_to(self.out)))
-        argv = [*self.fixed_argv, *(a for name, v in params.items() for a in option_argv(name, v, self.actions)),
-                "--seed", str(self.config["seed"] + trial.number), "--out", str(folder), "--quiet"]
+        argv = [
+            *self.fixed_argv,
+            *(a for name, v in params.items() for a in option_argv(name, v, self.actions)),
+            "--seed",
+            str(self.config["seed"] + trial.number),
+            "--out",
+            str(folder),
+            "--quiet",
+        ]
         if "--split-seed" not in self.fixed_argv:  # every trial is scored on the same validation split
             argv += ["--split-seed", str(self.config["seed"])]
         print(f"trial {trial.number}: xpdl train {' '.join(argv)}", flush=True)
@@ -102,8 +109,9 @@ def run_worker(storage_spec: str, study_name: str, out: str | Path, sampler_seed
     signal.signal(signal.SIGINT, _stop_on_first_sigint)
     storage = ts.open_storage(storage_spec)
     config = ts.study_config(ts.load_study(storage, study_name))
-    study = ts.load_study(storage, study_name, ts.make_sampler(config["sampler"], sampler_seed),
-                          ts.make_pruner(config["pruner"]))
+    study = ts.load_study(
+        storage, study_name, ts.make_sampler(config["sampler"], sampler_seed), ts.make_pruner(config["pruner"])
+    )
     objective = Objective(study, Path(out), config)
     _preload()
     try:

@@ -89,12 +89,17 @@ class UpdateRule:
         known = (*self.defaults, *self.state_keys)
         for key, value in config.items():
             if key not in known:
-                raise ValueError(f"{where}: unknown key {key!r} for update rule {self.name!r}; "
-                                 f"known keys: {', '.join(known)}")
+                raise ValueError(
+                    f"{where}: unknown key {key!r} for update rule {self.name!r}; known keys: {', '.join(known)}"
+                )
             if key in HYPERPARAMETER_CHECKS:
                 ok, expected = HYPERPARAMETER_CHECKS[key]
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                        or not ok(value):
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, (int, float))
+                    or not math.isfinite(value)
+                    or not ok(value)
+                ):
                     raise ValueError(f"{where}[{key!r}]: expected {expected}, got {value!r}")
         t = config.get("t", 0)
         if "t" in self.defaults and (isinstance(t, bool) or not isinstance(t, int) or t < 0):
@@ -109,8 +114,9 @@ class UpdateRule:
             if type(config[key]) is not type(w):  # another library or device: say which (same type: a step's fast path)
                 namespace(w=w, **{f"config['{key}']": config[key]})
             if tuple(config[key].shape) != tuple(w.shape):
-                raise ValueError(f"config['{key}']: expected shape {tuple(w.shape)} like w, "
-                                 f"got {tuple(config[key].shape)}")
+                raise ValueError(
+                    f"config['{key}']: expected shape {tuple(w.shape)} like w, got {tuple(config[key].shape)}"
+                )
             arrays.append(config[key])
         return tuple(arrays)
 
