@@ -64,11 +64,6 @@ def backend(backend_name: str):
 
 
 @pytest.fixture
-def xp(backend):
-    return backend.xp
-
-
-@pytest.fixture
 def other_backend(backend):
     """A backend other than ``backend`` to compare it with: NumPy for every other one, array_api_strict for NumPy."""
     return get_backend("array_api_strict" if backend.name == "numpy" else "numpy")

@@ -943,7 +943,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- info
-LIBRARIES = ("numpy", "array-api-compat", "array-api-strict", "numba", "tqdm", "matplotlib")
+LIBRARIES = ("numpy", "array-api-compat", "array-api-strict", "numba", "tqdm", "matplotlib", "optuna", "mpi4py")
 CUPY_DISTRIBUTIONS = ("cupy", "cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x")
 
 

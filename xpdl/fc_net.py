@@ -49,23 +49,27 @@ class HiddenLayer:
 
 
 class FullyConnectedNet:
-    """Fully-connected net with optional batch norm and dropout on every hidden layer.
+    """Fully-connected net with optional batch norm or layer norm, and dropout, on every hidden layer.
 
     Args (the first eight in the seed's order):
         input_dim: D, features per sample (inputs of shape (N, d_1, ..., d_k) are flattened).
         hidden_dims: widths of the L - 1 hidden layers.
         num_classes: C.
         dropout: keep probability p; 0 means no dropout (p = 1 keeps everything).
-        use_batchnorm: batch norm after every hidden affine layer.
+        use_batchnorm: batch norm after every hidden affine layer (the seed's spelling of
+            ``normalization="batchnorm"``).
         reg: L2 regularization strength (loss += 0.5 * reg * sum(W**2) over all W).
         weight_scale: standard deviation of the initial weights.
         seed: seeds weights and dropout masks; None draws one from the OS.
         dtype: ``"float32"`` (default) or ``"float64"`` (gradient checks).
         backend: a name or :class:`xpdl.backend.Backend`; None uses the default selector.
+        normalization: ``None``, ``"batchnorm"`` or ``"layernorm"``, after every hidden affine layer.
 
     Attributes:
         params: ``W1..WL`` (D_i, D_i+1), ``b1..bL`` (D_i+1,), ``gamma1..``/``beta1..`` (D_i+1,).
-        bn_params: one dict per hidden layer (mode, eps, momentum, running_mean, running_var).
+        bn_params: with batch norm, one dict per hidden layer (mode, eps, momentum, running_mean, running_var).
+        ln_params: with layer norm, one dict per hidden layer (eps).
+        hidden_layers: the :class:`HiddenLayer` list every path runs.
         dropout_param: ``{'mode', 'p', 'rng'}`` when dropout is on, else ``{}``.
         rng: the generator behind the initial weights and dropout masks.
     """
