@@ -99,9 +99,9 @@ class Objective:
 def _preload() -> None:
     """Import what every trial needs once, so trial seconds measure training, not imports."""
     import matplotlib.figure  # noqa: F401  (curves.png)
-    import sklearn.datasets  # noqa: F401  (the embedded digits)
 
     import xpdl.cli  # noqa: F401
+    import xpdl.cpu_kernels  # noqa: F401  (numba)
 
 
 def run_worker(storage_spec: str, study_name: str, out: str | Path, sampler_seed: int) -> int:
