@@ -21,7 +21,7 @@ from pathlib import Path
 
 from xpdl.distributed import MPI_INSTALL_HINT
 
-#: The thread-count variables of the BLAS and OpenMP runtimes NumPy may use.
+#: The thread-count variables of the BLAS, OpenMP and numba runtimes NumPy and xpdl may use.
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
@@ -29,6 +29,7 @@ THREAD_VARIABLES = (
     "BLIS_NUM_THREADS",
     "VECLIB_MAXIMUM_THREADS",
     "NUMEXPR_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
 )
 
 
@@ -72,7 +73,10 @@ def usable_cores() -> int:
 
 
 def thread_environment(nproc: int, cores: int) -> dict[str, str]:
-    """The thread-count variables set to ``cores // nproc`` (at least 1) for every rank."""
+    """The thread-count variables set to ``cores // nproc`` (at least 1) for each of ``nproc`` processes.
+
+    ``--nproc`` ranks and ``xpdl tune`` workers share a machine this way.
+    """
     threads = str(max(cores // nproc, 1))
     return dict.fromkeys(THREAD_VARIABLES, threads)
 

@@ -38,7 +38,6 @@ INSTALL_HINT = 'Optuna is not installed; install it with pip install "xpdl[tune]
 STUDY_FILE = "tune.json"
 DEFAULT_TRIALS = 20
 #: Environment variables that set the thread count of the BLAS and of numba in a worker.
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 #: Seconds a worker gets to finish its run folder after Ctrl-C before it is killed.
 STOP_SECONDS = 30.0
 
@@ -297,10 +296,11 @@ def _safe_url(spec: str) -> str:
 
 
 # ---------------------------------------------------------------- workers
-def worker_environment(threads: int) -> dict[str, str]:
-    """This process's environment with the BLAS and numba thread counts set to ``threads``."""
-    env = dict(os.environ)
-    env.update({k: str(threads) for k in THREAD_VARIABLES})
+def worker_environment(count: int) -> dict[str, str]:
+    """This process's environment for one of ``count`` workers: cores / count BLAS and numba threads."""
+    from xpdl.launch import thread_environment
+
+    env = {**os.environ, **thread_environment(count, os.cpu_count() or 1)}
     package_root = str(Path(xpdl.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     return env
@@ -308,8 +308,7 @@ def worker_environment(threads: int) -> dict[str, str]:
 
 def start_workers(out: Path, spec: str, name: str, count: int, seeds: list[int]) -> list[subprocess.Popen]:
     """Start ``count`` worker processes, cores / count BLAS threads each; their output goes to ``DIR/logs/``."""
-    threads = max(1, (os.cpu_count() or 1) // count)
-    env = worker_environment(threads)
+    env = worker_environment(count)
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     procs = []
