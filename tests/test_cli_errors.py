@@ -391,3 +391,17 @@ def test_train_main_propagates_a_callback_error_after_finalizing_the_run(tmp_pat
 def test_train_main_returns_2_for_a_bad_option(capsys):
     assert cli.train_main(["--epochs", "0"]) == 2
     assert "argument --epochs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--nproc", "100000"],
+        ["tune", "--search", "lr=1e-4..1e-2:log", "--workers", "100000", "--trials", "100000"],
+    ],
+)
+def test_a_process_count_beyond_the_machine_is_refused_before_anything_starts(tmp_path, capsys, argv):
+    code, out, err = run_main(capsys, *argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "expected 1 to" in err and "processes on this" in err and "got 100000" in err
+    assert list(tmp_path.iterdir()) == []

@@ -72,6 +72,23 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+#: At most this many processes per core (``--nproc`` ranks, ``xpdl tune`` workers): oversubscribing
+#: a little is fine for tests and small runs; a typo such as ``--nproc 1000`` must not start a thousand.
+MAX_PROCESSES_PER_CORE = 4
+
+
+def check_process_count(count: int, option: str, cores: int | None = None) -> int:
+    """``count`` when ``1 <= count <= MAX_PROCESSES_PER_CORE * cores``; LaunchError naming ``option`` otherwise."""
+    cores = usable_cores() if cores is None else cores
+    limit = MAX_PROCESSES_PER_CORE * cores
+    if not 1 <= count <= limit:
+        raise LaunchError(
+            f"{option}: expected 1 to {limit} processes on this {cores}-core machine "
+            f"({MAX_PROCESSES_PER_CORE} per core), got {count}"
+        )
+    return count
+
+
 def thread_environment(nproc: int, cores: int) -> dict[str, str]:
     """The thread-count variables set to ``cores // nproc`` (at least 1) for each of ``nproc`` processes.
 
@@ -137,10 +154,9 @@ def _run_folder(args: list[str]) -> str:
 
 def command(nproc: int, argv: list[str], mpiexec: str | None = None) -> tuple[list[str], dict[str, str]]:
     """The launcher command line and the environment for ``nproc`` ranks of ``xpdl train argv``."""
-    if nproc < 1:
-        raise LaunchError(f"--nproc: expected a positive integer, got {nproc}")
-    mpiexec = mpiexec or find_mpiexec()
     cores = usable_cores()
+    check_process_count(nproc, "--nproc", cores)
+    mpiexec = mpiexec or find_mpiexec()
     is_root = hasattr(os, "geteuid") and os.geteuid() == 0
     flags = launcher_flags(mpi_flavor(mpiexec), nproc, cores, is_root)
     cmd = [mpiexec, "-n", str(nproc), *flags, sys.executable, "-m", "xpdl", "train", *rank_arguments(argv)]

@@ -115,6 +115,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"xpdl tune: error: {INSTALL_HINT}", file=sys.stderr)
         return 2
     try:
+        if getattr(args, "workers", None):
+            from xpdl.launch import LaunchError, check_process_count
+
+            try:
+                check_process_count(args.workers, "--workers")
+            except LaunchError as exc:
+                raise TuneError(str(exc)) from None
         if args.worker:
             from xpdl.tune_worker import run_worker
 
