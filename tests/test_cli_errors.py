@@ -405,3 +405,22 @@ def test_a_process_count_beyond_the_machine_is_refused_before_anything_starts(tm
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "expected 1 to" in err and "processes on this" in err and "got 100000" in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--storage", "garbage://x"], "--storage garbage://x: NoSuchModuleError"),
+        (
+            ["--storage", "postgresql+psycopg2://u:secret@127.0.0.1:1/db"],
+            "--storage postgresql+psycopg2://u:***@127.0.0.1:1/db",
+        ),
+        (["--trials", "0"], "--trials: expected a positive integer, got 0"),
+    ],
+)
+def test_a_tune_storage_that_cannot_open_is_one_line_and_leaves_nothing(tmp_path, capsys, argv, match):
+    pytest.importorskip("optuna", reason="optuna is not installed: xpdl tune is not available")
+    code, out, err = run_main(capsys, "tune", "--search", "lr=1e-4..1e-2:log", *argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and match in err, err
+    assert "secret" not in err
+    assert list(tmp_path.iterdir()) == []

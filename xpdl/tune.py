@@ -20,6 +20,7 @@ started them prints a line per finished trial, and at the end writes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -235,7 +236,13 @@ def new_study(
             f"--out {folder}: already holds a study ({STUDY_FILE}); continue it with "
             f"xpdl tune --resume {folder}, or choose another folder"
         )
-    folder.mkdir(parents=True, exist_ok=True)
+    if trials < 1:
+        raise TuneError(f"--trials: expected a positive integer, got {trials}")
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TuneError(f"--out {folder}: cannot create the study folder: {exc.strerror or exc}") from None
     name = study or folder.resolve().name
     spec = storage or str((folder / ts.JOURNAL_FILE).resolve())
     config = {
@@ -250,12 +257,23 @@ def new_study(
     try:
         ts.create_study(ts.open_storage(spec), name, config)
     except DuplicatedStudyError:
+        _remove_if_empty(folder, created)
         raise TuneError(
             f"--study {name}: a study of that name exists in {_safe_url(spec)}; work on it with "
             f"--join {_safe_url(spec)} --study {name}, or choose another name"
         ) from None
+    except Exception as exc:  # a database that cannot be reached, a driver or dialect that is missing
+        _remove_if_empty(folder, created)
+        raise TuneError(f"--storage {_safe_url(spec)}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     write_study_file(folder, spec, name)
     return folder, spec, name
+
+
+def _remove_if_empty(folder: Path, created: list[Path]) -> None:
+    """Remove the folders this command created for ``folder`` (deepest first), where nothing was written into them."""
+    for path in created:
+        with contextlib.suppress(OSError):
+            path.rmdir()
 
 
 def write_study_file(folder: Path, spec: str, name: str) -> None:
