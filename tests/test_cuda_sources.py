@@ -3,7 +3,7 @@
 This checks the arithmetic of the GPU code (Philox4x64-10 and the fused update
 rules) on machines without a GPU: each kernel body is wrapped in a host loop,
 with ``__umul64hi`` emulated by a 128-bit product. The kernels themselves run in
-tests/test_cupy_kernels.py and tests/test_fused_step.py where a CUDA device works.
+tests/test_cupy_kernels.py and tests/test_fast_paths.py where a CUDA device works.
 """
 
 from __future__ import annotations
