@@ -318,7 +318,8 @@ def test_kill_9_of_every_process_then_resume_leaves_no_trial_running(tmp_path):
     try:
 
         def two_running() -> bool:
-            return (folder / "journal.log").exists() and states(journal_trials(folder)).count("RUNNING") == 2
+            ready = (folder / "journal.log").exists() and (folder / "tune.json").exists()
+            return ready and states(journal_trials(folder)).count("RUNNING") == 2
 
         wait_for(two_running, "two running trials")
         time.sleep(0.2)

@@ -175,7 +175,7 @@ def run(nproc: int, argv: list[str]) -> int:
         print(f"xpdl train: error: {exc}", file=sys.stderr)
         return 2
     folder = _run_folder(cmd)
-    proc = subprocess.Popen(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)  # its own process group: the job, ranks and all
     try:
         return proc.wait()
     except KeyboardInterrupt:
@@ -189,13 +189,23 @@ def run(nproc: int, argv: list[str]) -> int:
 
 
 def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """Pass Ctrl-C on to the launcher (which stops its ranks); kill it if it has not ended after ``grace`` s."""
+    """Pass Ctrl-C on to the job's process group (the launcher and its ranks, as a terminal would).
+
+    Whatever of the group has not ended after ``grace`` seconds (or after a second Ctrl-C)
+    is killed, so no rank outlives the command.
+    """
     try:
-        proc.send_signal(signal.SIGINT)
+        _signal_group(proc, signal.SIGINT)
         proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    except KeyboardInterrupt:
-        proc.kill()
-        proc.wait()
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        pass
+    _signal_group(proc, signal.SIGKILL)
+    proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Send ``sig`` to the process group ``proc`` leads (it was started in a session of its own)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
