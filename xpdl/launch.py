@@ -175,7 +175,23 @@ def run(nproc: int, argv: list[str]) -> int:
         print(f"xpdl train: error: {exc}", file=sys.stderr)
         return 2
     folder = _run_folder(cmd)
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)  # its own process group: the job, ranks and all
+    # Ctrl-C must stop the job even where this process was started with SIGINT ignored (a background job)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _wait_for_job(cmd, env, nproc, folder)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _job_process_setup() -> None:
+    """In the launcher's process before it runs: a session of its own, and Ctrl-C at its default."""
+    os.setsid()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _wait_for_job(cmd: list[str], env: dict[str, str], nproc: int, folder: str) -> int:
+    """Run the launcher ``cmd`` and wait for it; Ctrl-C stops the job (see :func:`_stop`)."""
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=_job_process_setup)  # noqa: PLW1509 - no threads yet
     try:
         return proc.wait()
     except KeyboardInterrupt:
