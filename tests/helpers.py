@@ -52,3 +52,15 @@ def assert_grad_close(numeric: Any, analytic: Any, rel: float = 1e-7, abs_floor:
     abs_err = float(np.max(np.abs(host(numeric) - host(analytic)))) if host(numeric).size else 0.0
     assert err < rel or abs_err < abs_floor, f"relative error {err:.3g}, absolute error {abs_err:.3g}"
     return err
+
+
+def run_cli(capsys: Any, *argv: str) -> tuple[int, str, str]:
+    """Exit code (argparse's SystemExit included), stdout and stderr of ``xpdl argv``, run in this process."""
+    from xpdl import cli
+
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_cli
 
 import xpdl
 from xpdl import cli
@@ -37,19 +38,9 @@ def small_run(tmp_path_factory) -> Path:
     return folder
 
 
-def run_main(capsys, *argv: str) -> tuple[int, str, str]:
-    """Exit code (argparse's SystemExit included), stdout and stderr of ``xpdl argv``."""
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 # ------------------------------------------------------------------ train
 def test_train_writes_a_run_folder(tmp_path, capsys):
-    code, out, _ = run_main(capsys, "train", *SMALL, "--out", str(tmp_path / "r"))
+    code, out, _ = run_cli(capsys, "train", *SMALL, "--out", str(tmp_path / "r"))
     assert code == 0
     folder = tmp_path / "r"
     assert sorted(p.name for p in folder.iterdir()) == [
@@ -77,7 +68,7 @@ def test_train_writes_a_run_folder(tmp_path, capsys):
 
 
 def test_default_run_reaches_97_percent_validation_accuracy(tmp_path, capsys):
-    code, out, _ = run_main(capsys, "train", "--backend", "numpy", "--out", str(tmp_path / "d"), "--quiet")
+    code, out, _ = run_cli(capsys, "train", "--backend", "numpy", "--out", str(tmp_path / "d"), "--quiet")
     assert code == 0
     history = json.loads((tmp_path / "d" / "history.json").read_text())
     assert history["settings"] == {**cli.DEFAULTS, "backend": "numpy"}
@@ -87,13 +78,13 @@ def test_default_run_reaches_97_percent_validation_accuracy(tmp_path, capsys):
 
 def test_default_run_folder_is_timestamped_under_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert run_main(capsys, "train", *SMALL, "--epochs", "1", "--quiet")[0] == 0
+    assert run_cli(capsys, "train", *SMALL, "--epochs", "1", "--quiet")[0] == 0
     (folder,) = (tmp_path / "runs").iterdir()
     assert folder.name[:8].isdigit() and (folder / "checkpoint.npz").is_file()
 
 
 def test_out_folder_holding_a_run_is_refused(small_run, capsys):
-    code, _, err = run_main(capsys, "train", *SMALL, "--out", str(small_run))
+    code, _, err = run_cli(capsys, "train", *SMALL, "--out", str(small_run))
     assert code == 2 and "--out" in err and "--resume" in err
 
 
@@ -114,7 +105,7 @@ def test_out_folder_holding_a_run_is_refused(small_run, capsys):
     ],
 )
 def test_bad_train_arguments_name_the_option(capsys, argv, words):
-    code, _, err = run_main(capsys, "train", *argv)
+    code, _, err = run_cli(capsys, "train", *argv)
     assert code == 2
     for word in words:
         assert word in err
@@ -123,7 +114,7 @@ def test_bad_train_arguments_name_the_option(capsys, argv, words):
 
 def test_missing_dataset_folder_is_a_clean_error(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    code, _, err = run_main(capsys, "train", "--data", "cifar10", "--data-dir", str(tmp_path / "none"))
+    code, _, err = run_cli(capsys, "train", "--data", "cifar10", "--data-dir", str(tmp_path / "none"))
     assert code == 2
     assert "CIFAR-10 not found" in err and "--download" in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()  # no empty run folder left behind
@@ -132,35 +123,35 @@ def test_missing_dataset_folder_is_a_clean_error(tmp_path, monkeypatch, capsys):
 def test_unavailable_backend_is_a_clean_error(capsys):
     if not probe_cupy(0):
         pytest.skip("cupy works here")
-    code, _, err = run_main(capsys, "train", "--backend", "cupy")
+    code, _, err = run_cli(capsys, "train", "--backend", "cupy")
     assert code == 2 and "--backend cupy" in err and "Traceback" not in err
 
 
 # ------------------------------------------------------------------ resume options
 def test_resume_refuses_to_change_the_runs_settings(small_run, capsys):
-    code, _, err = run_main(capsys, "train", "--resume", str(small_run), "--lr", "0.1", "--hidden-dims", "16")
+    code, _, err = run_cli(capsys, "train", "--resume", str(small_run), "--lr", "0.1", "--hidden-dims", "16")
     assert code == 2
     assert "--lr (saved 0.003, given 0.1)" in err and "--hidden-dims" not in err  # same value: fine
 
 
 def test_resume_of_a_finished_run_says_so(small_run, capsys):
-    code, out, _ = run_main(capsys, "train", "--resume", str(small_run))
+    code, out, _ = run_cli(capsys, "train", "--resume", str(small_run))
     assert code == 0 and "complete (2 epochs)" in out and "--epochs" in out
 
 
 def test_resume_cannot_go_back_in_epochs(small_run, capsys):
-    code, _, err = run_main(capsys, "train", "--resume", str(small_run), "--epochs", "1")
+    code, _, err = run_cli(capsys, "train", "--resume", str(small_run), "--epochs", "1")
     assert code == 2 and "--epochs 1" in err and "2 epochs already" in err
 
 
 def test_resume_of_a_missing_run_is_a_clean_error(tmp_path, capsys):
-    code, _, err = run_main(capsys, "train", "--resume", str(tmp_path / "nope"))
+    code, _, err = run_cli(capsys, "train", "--resume", str(tmp_path / "nope"))
     assert code == 2 and "no such run folder" in err
 
 
 def test_resume_of_a_corrupted_checkpoint_is_a_clean_error(tmp_path, capsys):
     (tmp_path / "checkpoint.npz").write_bytes(b"PK\x03\x04garbage")
-    code, _, err = run_main(capsys, "train", "--resume", str(tmp_path))
+    code, _, err = run_cli(capsys, "train", "--resume", str(tmp_path))
     assert code == 2 and "checkpoint.npz" in err and "corrupted" in err and "Traceback" not in err
 
 
@@ -174,7 +165,7 @@ def evaluate_numbers(out: str) -> tuple[str, np.ndarray]:
 
 
 def test_evaluate_prints_accuracy_and_confusion_matrix(small_run, capsys):
-    code, out, _ = run_main(capsys, "evaluate", str(small_run), "--backend", "numpy")
+    code, out, _ = run_cli(capsys, "evaluate", str(small_run), "--backend", "numpy")
     assert code == 0 and out.startswith(f"{small_run / 'best.npz'}: net 64-16-10")
     acc_line, matrix = evaluate_numbers(out)
     assert matrix.shape == (10, 10) and matrix.sum() == 360
@@ -187,13 +178,13 @@ def test_evaluate_prints_accuracy_and_confusion_matrix(small_run, capsys):
 
 
 def test_evaluate_gives_the_same_numbers_on_another_backend(small_run, capsys):
-    numbers = evaluate_numbers(run_main(capsys, "evaluate", str(small_run), "--backend", "numpy")[1])
-    other = evaluate_numbers(run_main(capsys, "evaluate", str(small_run), "--backend", "array_api_strict")[1])
+    numbers = evaluate_numbers(run_cli(capsys, "evaluate", str(small_run), "--backend", "numpy")[1])
+    other = evaluate_numbers(run_cli(capsys, "evaluate", str(small_run), "--backend", "array_api_strict")[1])
     assert numbers[0] == other[0] and np.array_equal(numbers[1], other[1])
 
 
 def test_evaluate_a_checkpoint_file(small_run, capsys):
-    code, out, _ = run_main(capsys, "evaluate", str(small_run / "checkpoint.npz"), "--backend", "numpy")
+    code, out, _ = run_cli(capsys, "evaluate", str(small_run / "checkpoint.npz"), "--backend", "numpy")
     assert code == 0 and "test accuracy on digits" in out
 
 
@@ -207,7 +198,7 @@ def test_evaluate_a_checkpoint_file(small_run, capsys):
 )
 def test_evaluate_errors_are_clean(small_run, tmp_path, capsys, argv, words):
     argv = [a.format(run=small_run, missing=tmp_path / "missing") for a in argv]
-    code, _, err = run_main(capsys, "evaluate", *argv)
+    code, _, err = run_cli(capsys, "evaluate", *argv)
     assert code == 2 and "Traceback" not in err
     for word in words:
         assert word.lower() in err.lower()
@@ -215,7 +206,7 @@ def test_evaluate_errors_are_clean(small_run, tmp_path, capsys, argv, words):
 
 # ------------------------------------------------------------------ info
 def test_info_lists_backends_devices_and_versions(capsys):
-    code, out, _ = run_main(capsys, "info")
+    code, out, _ = run_cli(capsys, "info")
     assert code == 0
     assert "numpy             works" in out and "array_api_strict" in out
     cupy_line = next(line for line in out.splitlines() if line.strip().startswith("cupy "))
@@ -288,9 +279,9 @@ def test_layer_norm_and_adamw_runs_resume_exactly(tmp_path, capsys):
         "0.05",
         "--quiet",
     ]
-    assert run_main(capsys, *opts, "--epochs", "2", "--out", str(tmp_path / "whole"))[0] == 0
-    assert run_main(capsys, *opts, "--epochs", "1", "--out", str(tmp_path / "part"))[0] == 0
-    assert run_main(capsys, "train", "--resume", str(tmp_path / "part"), "--epochs", "2", "--quiet")[0] == 0
+    assert run_cli(capsys, *opts, "--epochs", "2", "--out", str(tmp_path / "whole"))[0] == 0
+    assert run_cli(capsys, *opts, "--epochs", "1", "--out", str(tmp_path / "part"))[0] == 0
+    assert run_cli(capsys, "train", "--resume", str(tmp_path / "part"), "--epochs", "2", "--quiet")[0] == 0
     whole, part = (load_checkpoint(tmp_path / n / "checkpoint.npz") for n in ("whole", "part"))
     assert whole["config"]["normalization"] == "layernorm" and whole["update_rule"] == "adamw"
     assert whole["updater"]["W1"]["weight_decay"] == 0.05
@@ -310,13 +301,13 @@ def test_layer_norm_and_adamw_runs_resume_exactly(tmp_path, capsys):
     ],
 )
 def test_normalization_and_weight_decay_mistakes_are_one_line(tmp_path, capsys, argv, match):
-    code, out, err = run_main(capsys, "train", *SMALL, "--out", str(tmp_path / "r"), *argv)
+    code, out, err = run_cli(capsys, "train", *SMALL, "--out", str(tmp_path / "r"), *argv)
     assert code == 2 and match in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
 
 
 def test_no_batchnorm_is_the_seed_spelling_of_normalization_none(tmp_path, capsys):
-    assert run_main(capsys, "train", *SMALL, "--no-batchnorm", "--out", str(tmp_path / "r"), "--quiet")[0] == 0
+    assert run_cli(capsys, "train", *SMALL, "--no-batchnorm", "--out", str(tmp_path / "r"), "--quiet")[0] == 0
     assert load_checkpoint(tmp_path / "r" / "best.npz")["config"]["normalization"] is None
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_cli
 
 import xpdl
 from xpdl import checkpoint, cli
@@ -33,15 +34,6 @@ def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-def run_main(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def one_line_error(code: int, err: str, *words: str) -> None:
     assert code == 2, err
     assert err.count("\n") == 1 and "error: " in err and "Traceback" not in err, err
@@ -56,7 +48,7 @@ def listing(folder: Path) -> list[str]:
 # ------------------------------------------------------------------ --out
 def test_out_under_a_file(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
-    code, _, err = run_main(capsys, "train", *SMALL, "--out", "afile/run")
+    code, _, err = run_cli(capsys, "train", *SMALL, "--out", "afile/run")
     one_line_error(code, err, "--out afile/run", "cannot create the run folder", "Not a directory")
     assert listing(tmp_path) == ["afile"]
 
@@ -67,7 +59,7 @@ def test_out_that_cannot_be_created(tmp_path, capsys, monkeypatch, code_):
         raise OSError(code_, os.strerror(code_), str(self))
 
     monkeypatch.setattr(Path, "mkdir", refuse)
-    code, _, err = run_main(capsys, "train", *SMALL, "--out", "ro/run")
+    code, _, err = run_cli(capsys, "train", *SMALL, "--out", "ro/run")
     one_line_error(code, err, "--out ro/run", os.strerror(code_))
     assert listing(tmp_path) == []
 
@@ -82,7 +74,7 @@ def test_out_in_a_read_only_folder_that_exists(tmp_path, capsys, monkeypatch):
         return real_open(path, flags, *args)
 
     monkeypatch.setattr("xpdl.run_folder.os.open", read_only)
-    code, _, err = run_main(capsys, "train", *SMALL, "--out", "ro")
+    code, _, err = run_cli(capsys, "train", *SMALL, "--out", "ro")
     one_line_error(code, err, "--out ro", "Read-only file system")
     assert listing(tmp_path) == ["ro"]
 
@@ -92,7 +84,7 @@ def test_a_full_disk_before_the_first_checkpoint_leaves_no_run_folder(tmp_path, 
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(checkpoint, "atomic_write", full)
-    code, _, err = run_main(capsys, "train", *SMALL, "--out", "run")
+    code, _, err = run_cli(capsys, "train", *SMALL, "--out", "run")
     one_line_error(code, err, "best.npz: cannot write: No space left on device", "nothing of the run was kept")
     assert listing(tmp_path) == []
 
@@ -108,13 +100,13 @@ def test_a_full_disk_later_keeps_the_last_checkpoint_and_says_how_to_resume(tmp_
         return real(path, write)
 
     monkeypatch.setattr(checkpoint, "atomic_write", fills_up)
-    code, _, err = run_main(capsys, "train", *SMALL, "--out", "run")
+    code, _, err = run_cli(capsys, "train", *SMALL, "--out", "run")
     one_line_error(code, err, "checkpoint.npz: cannot write: No space left on device", "--resume run")
     assert load_checkpoint(tmp_path / "run" / "checkpoint.npz")["counters"]["epoch"] == 1
     assert not (tmp_path / "run" / LOCK_FILE).exists()
     monkeypatch.undo()  # also undoes the chdir
     monkeypatch.setenv("XPDL_QUIET", "1")
-    assert run_main(capsys, "train", "--resume", str(tmp_path / "run"))[0] == 0
+    assert run_cli(capsys, "train", "--resume", str(tmp_path / "run"))[0] == 0
 
 
 def test_a_real_full_disk(tmp_path, capsys):
@@ -128,7 +120,7 @@ def test_a_real_full_disk(tmp_path, capsys):
     ):
         pytest.skip("mounting a tiny tmpfs needs root and the mount command")
     try:
-        code, _, err = run_main(capsys, "train", *SMALL, "--hidden-dims", "256,256", "--out", str(mnt / "run"))
+        code, _, err = run_cli(capsys, "train", *SMALL, "--hidden-dims", "256,256", "--out", str(mnt / "run"))
         one_line_error(code, err, "No space left on device")
         assert listing(mnt) == []
     finally:
@@ -137,11 +129,11 @@ def test_a_real_full_disk(tmp_path, capsys):
 
 def test_a_second_process_cannot_take_a_folder_in_use(tmp_path, capsys):
     with RunFolder.create("busy"):
-        code, _, err = run_main(capsys, "train", *SMALL, "--out", "busy")
+        code, _, err = run_cli(capsys, "train", *SMALL, "--out", "busy")
         one_line_error(code, err, "--out busy", "another xpdl process is writing this run folder")
         assert listing(tmp_path) == ["busy", f"busy/{LOCK_FILE}"]
     assert listing(tmp_path) == ["busy"]
-    assert run_main(capsys, "train", *SMALL, "--out", "busy")[0] == 0
+    assert run_cli(capsys, "train", *SMALL, "--out", "busy")[0] == 0
     assert not (tmp_path / "busy" / LOCK_FILE).exists()
 
 
@@ -162,7 +154,7 @@ def test_two_runs_started_together_on_one_folder_cannot_both_win(tmp_path):
 # ------------------------------------------------------------------ data
 def test_data_dir_that_is_a_file(tmp_path, capsys):
     (tmp_path / "data").write_text("x")
-    code, _, err = run_main(capsys, "train", *SMALL, "--data", "mnist", "--data-dir", "data", "--download")
+    code, _, err = run_cli(capsys, "train", *SMALL, "--data", "mnist", "--data-dir", "data", "--download")
     one_line_error(code, err, "--data-dir data: exists and is not a folder")
     assert listing(tmp_path) == ["data"]
 
@@ -172,7 +164,7 @@ def test_data_dir_that_cannot_be_written_with_download(tmp_path, capsys, monkeyp
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(Path(data_dir) / name))
 
     monkeypatch.setattr(cli, "load_raw", read_only)
-    code, _, err = run_main(capsys, "train", *SMALL, "--data", "mnist", "--data-dir", "ro", "--download")
+    code, _, err = run_cli(capsys, "train", *SMALL, "--data", "mnist", "--data-dir", "ro", "--download")
     one_line_error(code, err, "--data-dir ro: cannot download into it: Permission denied")
     assert listing(tmp_path) == []
 
@@ -186,28 +178,28 @@ def small_digits(n: int):
 
 
 def test_num_val_as_large_as_the_training_set(tmp_path, capsys):
-    code, _, err = run_main(capsys, "train", *SMALL, "--num-val", "1437")
+    code, _, err = run_cli(capsys, "train", *SMALL, "--num-val", "1437")
     one_line_error(code, err, "--num-val 1437: expected fewer than the 1437 training images of digits")
     assert listing(tmp_path) == []
 
 
 def test_a_small_dataset_gets_a_validation_split_that_fits(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli, "load_raw", small_digits(40))
-    assert run_main(capsys, "train", *SMALL, "--out", "run", "--batch-size", "10")[0] == 0
+    assert run_cli(capsys, "train", *SMALL, "--out", "run", "--batch-size", "10")[0] == 0
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert history["iterations_per_epoch"] == 3  # 30 training images after the 10 held out
 
 
 def test_num_val_is_saved_and_resumed(tmp_path, capsys):
-    assert run_main(capsys, "train", *SMALL, "--epochs", "1", "--num-val", "500", "--out", "run")[0] == 0
+    assert run_cli(capsys, "train", *SMALL, "--epochs", "1", "--num-val", "500", "--out", "run")[0] == 0
     assert load_checkpoint(tmp_path / "run" / "checkpoint.npz")["settings"]["num_val"] == 500
-    code, out, _ = run_main(capsys, "train", "--resume", "run", "--epochs", "2")
+    code, out, _ = run_cli(capsys, "train", "--resume", "run", "--epochs", "2")
     assert code == 0 and "(937 train / 500 val / 360 test)" in out
     assert json.loads((tmp_path / "run" / "history.json").read_text())["epochs_done"] == 2
 
 
 def test_evaluate_on_data_with_another_feature_count(tmp_path, capsys, monkeypatch):
-    assert run_main(capsys, "train", *SMALL, "--epochs", "1", "--out", "run")[0] == 0
+    assert run_cli(capsys, "train", *SMALL, "--epochs", "1", "--out", "run")[0] == 0
 
     def mnist_like(name, data_dir, download):
         return {
@@ -217,37 +209,37 @@ def test_evaluate_on_data_with_another_feature_count(tmp_path, capsys, monkeypat
         }
 
     monkeypatch.setattr(cli, "load_raw", mnist_like)
-    code, _, err = run_main(capsys, "evaluate", "run", "--data", "mnist")
+    code, _, err = run_cli(capsys, "evaluate", "run", "--data", "mnist")
     one_line_error(code, err, "--data mnist: has 784 features per sample, the model expects 64")
 
 
 # ------------------------------------------------------------------ options and settings
 @pytest.mark.parametrize("value", ["-1", str(2**128), "1e3"])
 def test_seed_out_of_range(tmp_path, capsys, value):
-    code, _, err = run_main(capsys, "train", *SMALL, "--seed", value)
+    code, _, err = run_cli(capsys, "train", *SMALL, "--seed", value)
     one_line_error(code, err, "--seed", repr(value))
     assert listing(tmp_path) == []
 
 
 def test_the_largest_seed_trains(tmp_path, capsys):
-    assert run_main(capsys, "train", *SMALL, "--epochs", "1", "--seed", str(2**128 - 1), "--out", "r")[0] == 0
+    assert run_cli(capsys, "train", *SMALL, "--epochs", "1", "--seed", str(2**128 - 1), "--out", "r")[0] == 0
 
 
 @pytest.mark.parametrize("command", [["train", *SMALL[:-3]], ["evaluate", "somewhere"], ["info"]])
 def test_a_bad_xpdl_backend_variable_is_named(tmp_path, capsys, monkeypatch, command):
     if command[0] == "evaluate":
-        assert run_main(capsys, "train", *SMALL, "--epochs", "1", "--out", "somewhere")[0] == 0
+        assert run_cli(capsys, "train", *SMALL, "--epochs", "1", "--out", "somewhere")[0] == 0
     monkeypatch.setenv("XPDL_BACKEND", "garbage")
-    code, _, err = run_main(capsys, *command)
+    code, _, err = run_cli(capsys, *command)
     assert code == 2 and "XPDL_BACKEND" in err and "'garbage'" in err and "--backend" not in err, err
     assert err.count("\n") == 1
 
 
 def test_xpdl_backend_is_honoured_and_shown(capsys, monkeypatch):
     monkeypatch.setenv("XPDL_BACKEND", "numpy")
-    code, out, _ = run_main(capsys, "info")
+    code, out, _ = run_cli(capsys, "info")
     assert code == 0 and "default           numpy (XPDL_BACKEND=numpy)" in out
-    code, out, _ = run_main(capsys, "train", "--hidden-dims", "8", "--epochs", "1", "--out", "r")
+    code, out, _ = run_cli(capsys, "train", "--hidden-dims", "8", "--epochs", "1", "--out", "r")
     assert code == 0 and " on numpy (CPU" in out.splitlines()[0]
 
 
@@ -256,13 +248,13 @@ def test_a_setting_the_trainer_refuses_is_one_line(tmp_path, capsys, monkeypatch
         raise ValueError("batch_size: batch norm needs at least 2 samples per batch, got 1")
 
     monkeypatch.setattr(cli, "Trainer", refuse)
-    code, _, err = run_main(capsys, "train", *SMALL, "--batch-size", "1")
+    code, _, err = run_cli(capsys, "train", *SMALL, "--batch-size", "1")
     one_line_error(code, err, "batch_size: batch norm needs at least 2")
     assert listing(tmp_path) == []
 
 
 def test_argparse_errors_are_one_line(capsys):
-    code, _, err = run_main(capsys, "train", "--epochs", "zero")
+    code, _, err = run_cli(capsys, "train", "--epochs", "zero")
     one_line_error(code, err, "argument --epochs", "'zero'")
 
 
@@ -280,22 +272,22 @@ def interrupt_at(monkeypatch, t: int) -> None:
 
 def test_ctrl_c_before_the_first_checkpoint_keeps_nothing_and_gives_no_resume_advice(tmp_path, capsys, monkeypatch):
     interrupt_at(monkeypatch, 3)
-    code, _, err = run_main(capsys, "train", *SMALL, "--out", "run")
+    code, _, err = run_cli(capsys, "train", *SMALL, "--out", "run")
     assert code == 130 and "--resume" not in err and "before the first checkpoint" in err
     assert listing(tmp_path) == []
 
 
 def test_ctrl_c_after_a_checkpoint_says_resume_and_resume_works(tmp_path, capsys, monkeypatch):
     interrupt_at(monkeypatch, 20)  # 17 iterations per epoch
-    code, _, err = run_main(capsys, "train", *SMALL, "--out", "run")
+    code, _, err = run_cli(capsys, "train", *SMALL, "--out", "run")
     assert code == 130 and "xpdl train --resume run" in err
     monkeypatch.undo()  # also undoes the chdir
     monkeypatch.setenv("XPDL_QUIET", "1")
-    assert run_main(capsys, "train", "--resume", str(tmp_path / "run"))[0] == 0
+    assert run_cli(capsys, "train", "--resume", str(tmp_path / "run"))[0] == 0
 
 
 def test_a_diverged_run_keeps_its_history_and_curves_and_prints_no_warnings(tmp_path, capsys):
-    code, _, err = run_main(
+    code, _, err = run_cli(
         capsys,
         "train",
         *SMALL,
@@ -318,7 +310,7 @@ def test_a_diverged_run_keeps_its_history_and_curves_and_prints_no_warnings(tmp_
 
 # ------------------------------------------------------------------ what is printed
 def test_header_describes_the_net_it_trains(capsys):
-    code, out, _ = run_main(
+    code, out, _ = run_cli(
         capsys,
         "train",
         "--hidden-dims",
@@ -346,7 +338,7 @@ def test_samples_per_second_count_the_batch_actually_used(tmp_path, capsys, monk
         return 2.0
 
     monkeypatch.setattr(cli, "train_with_progress", two_seconds)
-    code, out, _ = run_main(
+    code, out, _ = run_cli(
         capsys, "train", *SMALL[:-1], "--hidden-dims", "none", "--epochs", "1", "--batch-size", "5000", "--out", "r"
     )
     assert code == 0 and "1 iteration in 2.0 s (568 samples/s)" in out  # 1137 / 2 s
@@ -401,7 +393,7 @@ def test_train_main_returns_2_for_a_bad_option(capsys):
     ],
 )
 def test_a_process_count_beyond_the_machine_is_refused_before_anything_starts(tmp_path, capsys, argv):
-    code, out, err = run_main(capsys, *argv)
+    code, out, err = run_cli(capsys, *argv)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "expected 1 to" in err and "processes on this" in err and "got 100000" in err
     assert list(tmp_path.iterdir()) == []
@@ -420,7 +412,7 @@ def test_a_process_count_beyond_the_machine_is_refused_before_anything_starts(tm
 )
 def test_a_tune_storage_that_cannot_open_is_one_line_and_leaves_nothing(tmp_path, capsys, argv, match):
     pytest.importorskip("optuna", reason="optuna is not installed: xpdl tune is not available")
-    code, out, err = run_main(capsys, "tune", "--search", "lr=1e-4..1e-2:log", *argv)
+    code, out, err = run_cli(capsys, "tune", "--search", "lr=1e-4..1e-2:log", *argv)
     assert code == 2 and len(err.strip().splitlines()) == 1 and match in err, err
     assert "secret" not in err
     assert list(tmp_path.iterdir()) == []

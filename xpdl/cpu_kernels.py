@@ -273,6 +273,16 @@ def ln_relu_dropout_backward(dh, h, xhat, gamma, inv_std, keep, scale, da, dgamm
         db[j] = col_da[j]
 
 
+@njit(inline="always")
+def _adam_moments(m, v, i, gi, beta1, one_minus_beta1, beta2, one_minus_beta2):
+    """Adam's first and second moments at ``i`` after gradient ``gi``, stored in ``m``, ``v`` and returned."""
+    mi = beta1 * m[i] + one_minus_beta1 * gi
+    vi = beta2 * v[i] + one_minus_beta2 * (gi * gi)
+    m[i] = mi
+    v[i] = vi
+    return mi, vi
+
+
 @njit(**_JIT)
 def adam_update(w, g, m, v, step, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, inv_c2):
     """In place, over flat ``w, g, m, v``: one Adam step.
@@ -285,10 +295,7 @@ def adam_update(w, g, m, v, step, beta1, one_minus_beta1, beta2, one_minus_beta2
     for i in range(w.size):
         wi = w[i]
         gi = g[i]
-        mi = beta1 * m[i] + one_minus_beta1 * gi
-        vi = beta2 * v[i] + one_minus_beta2 * (gi * gi)
-        m[i] = mi
-        v[i] = vi
+        mi, vi = _adam_moments(m, v, i, gi, beta1, one_minus_beta1, beta2, one_minus_beta2)
         w[i] = wi - step * mi / (np.sqrt(vi * inv_c2) + eps)
 
 
@@ -308,10 +315,7 @@ def adamw_update(w, g, m, v, decay, step, beta1, one_minus_beta1, beta2, one_min
     for i in range(w.size):
         wi = w[i]
         gi = g[i]
-        mi = beta1 * m[i] + one_minus_beta1 * gi
-        vi = beta2 * v[i] + one_minus_beta2 * (gi * gi)
-        m[i] = mi
-        v[i] = vi
+        mi, vi = _adam_moments(m, v, i, gi, beta1, one_minus_beta1, beta2, one_minus_beta2)
         w[i] = wi * decay - step * mi / (np.sqrt(vi) * inv_sqrt_c2 + eps)
 
 

@@ -70,6 +70,28 @@ def _fmt(label: str, value: float | None, spec: str) -> str:
     return "" if value is None else f"{label} {value:{spec}}"
 
 
+class PostfixThrottle:
+    """When a progress bar's postfix is redrawn: at an epoch end, else every ``POSTFIX_SECONDS`` s.
+
+    Reading pending losses (a wait for the GPU) happens at most every ``flush_seconds`` s.
+    """
+
+    def __init__(self, flush_seconds: float) -> None:
+        self.flush_seconds = flush_seconds
+        self._last_flush = self._last_postfix = time.perf_counter()
+
+    def refresh(self, bar: Any, trainer: Any, postfix: Any, epoch_end: bool) -> None:
+        """Set ``bar``'s postfix to ``postfix(trainer)`` if it is due."""
+        now = time.perf_counter()
+        if not (epoch_end or now - self._last_postfix > POSTFIX_SECONDS):
+            return
+        if epoch_end or now - self._last_flush > self.flush_seconds:
+            trainer.flush_losses()
+            self._last_flush = now
+        bar.set_postfix_str(postfix(trainer), refresh=epoch_end)
+        self._last_postfix = now
+
+
 class Progress:
     """Reports training progress; call it after every iteration and :meth:`close` at the end.
 
@@ -88,7 +110,7 @@ class Progress:
         self.flush_seconds = flush_seconds
         self._bar: Any = None
         self._bar_epoch = -1
-        self._last_flush = self._last_postfix = time.perf_counter()
+        self._throttle = PostfixThrottle(flush_seconds)
 
     def __call__(self, trainer: Any) -> None:
         epoch_end = trainer.t % trainer.iterations_per_epoch == 0 or trainer.t >= trainer.num_iterations
@@ -103,13 +125,7 @@ class Progress:
         if self._bar is None or self._bar_epoch != epoch:
             self._open_bar(trainer, epoch, pos)
         self._bar.update(1)
-        now = time.perf_counter()
-        if epoch_end or now - self._last_postfix > POSTFIX_SECONDS:
-            if epoch_end or now - self._last_flush > self.flush_seconds:
-                trainer.flush_losses()
-                self._last_flush = now
-            self._bar.set_postfix_str(self._postfix(trainer), refresh=epoch_end)
-            self._last_postfix = now
+        self._throttle.refresh(self._bar, trainer, self._postfix, epoch_end)
         if epoch_end:
             self.close()
 
@@ -163,20 +179,14 @@ class TrainingBar:
         self._bar = tqdm(
             total=trainer.num_iterations, initial=trainer.t, desc="training", unit="it", mininterval=0.1, leave=True
         )
-        self._last_flush = self._last_postfix = time.perf_counter()
+        self._throttle = PostfixThrottle(flush_seconds)
 
     def __call__(self, trainer: Any) -> None:
         if self._bar is None:
             return
         self._bar.update(1)
-        now = time.perf_counter()
         epoch_end = trainer.t % trainer.iterations_per_epoch == 0
-        if epoch_end or now - self._last_postfix > POSTFIX_SECONDS:
-            if epoch_end or now - self._last_flush > self.flush_seconds:
-                trainer.flush_losses()
-                self._last_flush = now
-            self._bar.set_postfix_str(self.postfix(trainer), refresh=epoch_end)
-            self._last_postfix = now
+        self._throttle.refresh(self._bar, trainer, self.postfix, epoch_end)
         if trainer.t >= trainer.num_iterations:
             self.close()
 
