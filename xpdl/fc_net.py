@@ -52,7 +52,9 @@ class HiddenLayer:
 class FullyConnectedNet:
     """Fully-connected net with optional batch norm or layer norm, and dropout, on every hidden layer.
 
-    Args (the first eight in the seed's order):
+    The first eight arguments come in the seed's order.
+
+    Args:
         input_dim: D, features per sample (inputs of shape (N, d_1, ..., d_k) are flattened).
         hidden_dims: widths of the L - 1 hidden layers.
         num_classes: C.

@@ -352,7 +352,7 @@ class Trainer:
 
         Raises:
             FloatingPointError: naming the iteration; the model is restored to the best
-            parameters seen so far first.
+                parameters seen so far first.
         """
         pending, self._pending_losses = self._pending_losses, []
         for t, loss in pending:

@@ -217,13 +217,13 @@ def load_raw(name: str, data_dir: str | os.PathLike[str] = "data", download: boo
         dict with
 
         * ``X_train``, ``X_test``: ``digits``: float64 ``(N, 64)`` with values
-          0..16 (1437 train / 360 test, the test part being a fixed held-out
-          split, seed :data:`DIGITS_TEST_SEED`); CIFAR-10: uint8
-          ``(N, 32, 32, 3)`` (50000 / 10000); MNIST / Fashion-MNIST: uint8
-          ``(N, 28, 28)`` (60000 / 10000).
+            0..16 (1437 train / 360 test, the test part being a fixed held-out
+            split, seed :data:`DIGITS_TEST_SEED`); CIFAR-10: uint8
+            ``(N, 32, 32, 3)`` (50000 / 10000); MNIST / Fashion-MNIST: uint8
+            ``(N, 28, 28)`` (60000 / 10000).
         * ``y_train``, ``y_test``: int64 ``(N,)`` labels in 0..9.
         * ``name`` (str), ``image_shape`` ((H, W, C)), ``num_classes`` (int),
-          ``classes`` (tuple of class names).
+            ``classes`` (tuple of class names).
 
     Raises:
         ValueError: unknown ``name``.

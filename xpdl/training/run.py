@@ -1,11 +1,13 @@
 """Training is a function: :class:`TrainingRun` describes a run, :func:`train` runs it and writes its folder.
 
 ``xpdl train`` builds a :class:`TrainingRun` from its options, ``xpdl tune`` from a
-trial's parameters, and Python users build one themselves::
+trial's parameters, and Python users build one themselves:
 
-    from xpdl.training import TrainingRun, train
+```python
+from xpdl.training import TrainingRun, train
 
-    code = train(TrainingRun(hidden_dims=[128], epochs=5, out="runs/small"))
+code = train(TrainingRun(hidden_dims=[128], epochs=5, out="runs/small"))
+```
 
 Exit codes (what :func:`train` returns): 0 success, 1 training diverged (NaN or
 infinite loss), 2 a user error (bad setting, missing dataset, unreadable
@@ -50,11 +52,11 @@ class TrainingRun:
     Attributes:
         data, data_dir, download, num_val: the dataset, where it lives, whether to
             download it, and the validation images held out (None: its usual split).
-        hidden_dims, normalization (``"batchnorm"``, ``"layernorm"``, ``"none"``),
-            batchnorm (the seed's spelling of ``normalization``), dropout (keep
-            probability, 0 = off), weight_scale, reg, dtype, local_batchnorm: the net.
-        update_rule, lr, weight_decay (adamw only), lr_decay (per epoch), epochs,
-            batch_size, seed, split_seed: the optimization.
+        hidden_dims, normalization, batchnorm, dropout, weight_scale, reg, dtype, local_batchnorm:
+            the net (normalization ``"batchnorm"``, ``"layernorm"`` or ``"none"``; batchnorm
+            the seed's spelling of it; dropout the keep probability, 0 = off).
+        update_rule, lr, weight_decay, lr_decay, epochs, batch_size, seed, split_seed:
+            the optimization (weight_decay for adamw only; lr_decay per epoch).
         backend: a backend name (None: ``XPDL_BACKEND``, else ``auto``).
         checkpoint_every: iterations between checkpoints (None: every epoch end).
         out: the run folder to create (None: ``runs/<timestamp>``); resume: a run
