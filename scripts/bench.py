@@ -120,7 +120,7 @@ def core_count() -> int:
 
 
 def cpu_model() -> str:
-    from xpdl.backend import cpu_name
+    from xpdl.backends import cpu_name
 
     return cpu_name()
 

@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from xpdl.backend import get_backend, probe_cupy
+from xpdl.backends import get_backend, probe_cupy
 
 ALL_BACKENDS = ("numpy", "array_api_strict", "cupy")
 
@@ -55,7 +55,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def backend(backend_name: str):
-    """The :class:`xpdl.backend.Backend` under test; cupy is skipped with the reason where it cannot run."""
+    """The :class:`xpdl.backends.Backend` under test; cupy is skipped with the reason where it cannot run."""
     if backend_name == "cupy":
         why = probe_cupy(0)
         if why:

@@ -7,7 +7,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from xpdl.backend import dtype_name, to_numpy
+from xpdl.backends import dtype_name, to_numpy
 from xpdl.gradient_check import rel_error
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 import xpdl
-from xpdl import distributed
+from xpdl.parallel import distributed
 
 
 def synthetic(n: int, d: int, c: int, seed: int = 0) -> dict:

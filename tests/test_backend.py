@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xpdl import backend as B
+from xpdl.backends import registry as B
+from xpdl.host import dtype_name
 
 
 def test_auto_picks_cupy_only_when_a_device_works(monkeypatch, capsys):
@@ -125,8 +126,8 @@ def test_a_bad_xpdl_backend_is_named_as_the_variable(monkeypatch):
 
 @pytest.mark.parametrize("name", ["uint8", "uint16", "uint32", "uint64", "int8", "int64", "float32"])
 def test_dtype_names_keep_their_signedness(backend, name):
-    assert B.dtype_name(backend.dtype(name)) == name
-    assert B.dtype_name(np.dtype(name)) == name
+    assert dtype_name(backend.dtype(name)) == name
+    assert dtype_name(np.dtype(name)) == name
 
 
 def test_unsigned_host_data_keeps_its_values(backend):

@@ -11,10 +11,10 @@ import pytest
 from helpers import host
 
 import xpdl
-from xpdl import checkpoint
-from xpdl.checkpoint import CheckpointError, restore_trainer, save_checkpoint, save_model
-from xpdl.net_checkpoint import build_model, load_checkpoint
-from xpdl.run_folder import remove_stale_temporaries
+from xpdl.runs import checkpoint
+from xpdl.runs.checkpoint import CheckpointError, restore_trainer, save_checkpoint, save_model
+from xpdl.runs.folder import remove_stale_temporaries
+from xpdl.runs.net_checkpoint import build_model, load_checkpoint
 
 MEAN = np.linspace(-1, 1, 5).astype(np.float32)
 META = {

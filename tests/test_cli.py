@@ -15,10 +15,12 @@ from helpers import run_cli
 
 import xpdl
 from xpdl import cli
-from xpdl.backend import probe_cupy
-from xpdl.datasets import apply_preprocessing, load_raw
-from xpdl.net_checkpoint import build_model, load_checkpoint
+from xpdl.backends import probe_cupy
+from xpdl.cli.evaluate import confusion_matrix
+from xpdl.data.datasets import apply_preprocessing, load_raw
 from xpdl.progress import Progress, choose_mode, format_epoch_line
+from xpdl.runs.net_checkpoint import build_model, load_checkpoint
+from xpdl.training.options import DEFAULTS
 
 SMALL = ["--hidden-dims", "16", "--epochs", "2", "--backend", "numpy"]
 REPO = Path(xpdl.__file__).resolve().parents[1]
@@ -71,7 +73,7 @@ def test_default_run_reaches_97_percent_validation_accuracy(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "train", "--backend", "numpy", "--out", str(tmp_path / "d"), "--quiet")
     assert code == 0
     history = json.loads((tmp_path / "d" / "history.json").read_text())
-    assert history["settings"] == {**cli.DEFAULTS, "backend": "numpy"}
+    assert history["settings"] == {**DEFAULTS, "backend": "numpy"}
     assert history["best_val_acc"] >= 0.97
     assert len(out.strip().splitlines()) == 1  # --quiet: the summary line only
 
@@ -174,7 +176,7 @@ def test_evaluate_prints_accuracy_and_confusion_matrix(small_run, capsys):
     net = build_model(ck, "numpy")
     raw = load_raw("digits")
     X = apply_preprocessing(raw["X_test"], ck["preprocessing"]["mean_image"], scale=16.0)
-    np.testing.assert_array_equal(matrix, cli.confusion_matrix(raw["y_test"], net.predict(X), 10))
+    np.testing.assert_array_equal(matrix, confusion_matrix(raw["y_test"], net.predict(X), 10))
 
 
 def test_evaluate_gives_the_same_numbers_on_another_backend(small_run, capsys):

@@ -18,10 +18,12 @@ import pytest
 from helpers import run_cli
 
 import xpdl
-from xpdl import checkpoint, cli
-from xpdl.datasets import load_raw
-from xpdl.net_checkpoint import load_checkpoint
-from xpdl.run_folder import LOCK_FILE, RunFolder
+from xpdl.cli.train import train_main
+from xpdl.data.datasets import load_raw
+from xpdl.runs import checkpoint
+from xpdl.runs.folder import LOCK_FILE, RunFolder
+from xpdl.runs.net_checkpoint import load_checkpoint
+from xpdl.training import run as training_run
 
 SMALL = ["--hidden-dims", "8", "--epochs", "2", "--backend", "numpy", "--quiet"]
 REPO = Path(xpdl.__file__).resolve().parents[1]
@@ -73,7 +75,7 @@ def test_out_in_a_read_only_folder_that_exists(tmp_path, capsys, monkeypatch):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
         return real_open(path, flags, *args)
 
-    monkeypatch.setattr("xpdl.run_folder.os.open", read_only)
+    monkeypatch.setattr("xpdl.runs.folder.os.open", read_only)
     code, _, err = run_cli(capsys, "train", *SMALL, "--out", "ro")
     one_line_error(code, err, "--out ro", "Read-only file system")
     assert listing(tmp_path) == ["ro"]
@@ -163,7 +165,7 @@ def test_data_dir_that_cannot_be_written_with_download(tmp_path, capsys, monkeyp
     def read_only(name, data_dir, download):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(Path(data_dir) / name))
 
-    monkeypatch.setattr(cli, "load_raw", read_only)
+    monkeypatch.setattr(training_run, "load_raw", read_only)
     code, _, err = run_cli(capsys, "train", *SMALL, "--data", "mnist", "--data-dir", "ro", "--download")
     one_line_error(code, err, "--data-dir ro: cannot download into it: Permission denied")
     assert listing(tmp_path) == []
@@ -184,7 +186,7 @@ def test_num_val_as_large_as_the_training_set(tmp_path, capsys):
 
 
 def test_a_small_dataset_gets_a_validation_split_that_fits(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "load_raw", small_digits(40))
+    monkeypatch.setattr(training_run, "load_raw", small_digits(40))
     assert run_cli(capsys, "train", *SMALL, "--out", "run", "--batch-size", "10")[0] == 0
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert history["iterations_per_epoch"] == 3  # 30 training images after the 10 held out
@@ -208,7 +210,7 @@ def test_evaluate_on_data_with_another_feature_count(tmp_path, capsys, monkeypat
             "classes": tuple("0123456789"),
         }
 
-    monkeypatch.setattr(cli, "load_raw", mnist_like)
+    monkeypatch.setattr(training_run, "load_raw", mnist_like)
     code, _, err = run_cli(capsys, "evaluate", "run", "--data", "mnist")
     one_line_error(code, err, "--data mnist: has 784 features per sample, the model expects 64")
 
@@ -247,7 +249,7 @@ def test_a_setting_the_trainer_refuses_is_one_line(tmp_path, capsys, monkeypatch
     def refuse(*args, **kwargs):
         raise ValueError("batch_size: batch norm needs at least 2 samples per batch, got 1")
 
-    monkeypatch.setattr(cli, "Trainer", refuse)
+    monkeypatch.setattr(training_run, "Trainer", refuse)
     code, _, err = run_cli(capsys, "train", *SMALL, "--batch-size", "1")
     one_line_error(code, err, "batch_size: batch norm needs at least 2")
     assert listing(tmp_path) == []
@@ -260,14 +262,14 @@ def test_argparse_errors_are_one_line(capsys):
 
 # ------------------------------------------------------------------ Ctrl-C and divergence
 def interrupt_at(monkeypatch, t: int) -> None:
-    real = cli.Progress.__call__
+    real = training_run.Progress.__call__
 
     def call(self, trainer):
         if trainer.t == t:
             raise KeyboardInterrupt
         real(self, trainer)
 
-    monkeypatch.setattr(cli.Progress, "__call__", call)
+    monkeypatch.setattr(training_run.Progress, "__call__", call)
 
 
 def test_ctrl_c_before_the_first_checkpoint_keeps_nothing_and_gives_no_resume_advice(tmp_path, capsys, monkeypatch):
@@ -331,13 +333,13 @@ def test_header_describes_the_net_it_trains(capsys):
 
 
 def test_samples_per_second_count_the_batch_actually_used(tmp_path, capsys, monkeypatch):
-    real = cli.train_with_progress
+    real = training_run.train_with_progress
 
     def two_seconds(*args, **kwargs):
         real(*args, **kwargs)
         return 2.0
 
-    monkeypatch.setattr(cli, "train_with_progress", two_seconds)
+    monkeypatch.setattr(training_run, "train_with_progress", two_seconds)
     code, out, _ = run_cli(
         capsys, "train", *SMALL[:-1], "--hidden-dims", "none", "--epochs", "1", "--batch-size", "5000", "--out", "r"
     )
@@ -362,7 +364,7 @@ def test_quiet_prints_no_backend_note(tmp_path):
 # ------------------------------------------------------------------ train_main
 def test_train_main_calls_back_every_epoch(tmp_path, capsys):
     epochs = []
-    assert cli.train_main([*SMALL, "--out", "run"], epoch_callback=lambda tr: epochs.append(tr.epoch)) == 0
+    assert train_main([*SMALL, "--out", "run"], epoch_callback=lambda tr: epochs.append(tr.epoch)) == 0
     assert epochs == [1, 2]
 
 
@@ -374,14 +376,14 @@ def test_train_main_propagates_a_callback_error_after_finalizing_the_run(tmp_pat
         raise Pruned(f"epoch {trainer.epoch}")
 
     with pytest.raises(Pruned, match="epoch 1"):
-        cli.train_main([*SMALL, "--out", "run"], epoch_callback=prune)
+        train_main([*SMALL, "--out", "run"], epoch_callback=prune)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert history["epochs_done"] == 1 and (tmp_path / "run" / "curves.png").is_file()
     assert not (tmp_path / "run" / LOCK_FILE).exists()
 
 
 def test_train_main_returns_2_for_a_bad_option(capsys):
-    assert cli.train_main(["--epochs", "0"]) == 2
+    assert train_main(["--epochs", "0"]) == 2
     assert "argument --epochs" in capsys.readouterr().err
 
 

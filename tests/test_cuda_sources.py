@@ -15,7 +15,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from xpdl import cuda_kernels, updater
+from xpdl import updater
+from xpdl.backends import cuda_kernels
 
 CXX = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
 pytestmark = pytest.mark.skipif(CXX is None, reason="needs a C++ compiler (g++, c++ or clang++)")

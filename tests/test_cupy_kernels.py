@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xpdl.backend import get_backend, probe_cupy
+from xpdl.backends import get_backend, probe_cupy
 
 _WHY = probe_cupy(0)
 pytestmark = pytest.mark.skipif(bool(_WHY), reason=f"needs a working CUDA device with CuPy: {_WHY}")
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(bool(_WHY), reason=f"needs a working CUDA device
 
 @pytest.mark.parametrize("key,counter,n", [(0, 0, 1), (5, 0, 8), (123456789, 77, 1001), (2**127 + 3, 2**64 - 2, 40)])
 def test_philox_kernel_reproduces_numpy_stream(key, counter, n):
-    from xpdl import cuda_kernels
+    from xpdl.backends import cuda_kernels
 
     be = get_backend("cupy")
     words = be.to_numpy(cuda_kernels.philox_uint32(key, counter, (n,), be.xp.zeros(1)))

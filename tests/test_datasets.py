@@ -1,4 +1,4 @@
-"""Tests of the dataset readers (xpdl.data_formats) and loaders (xpdl.datasets)."""
+"""Tests of the dataset readers (xpdl.data.formats) and loaders (xpdl.data.datasets)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,7 @@ import numpy as np
 import pytest
 
 import xpdl
-from xpdl.data_formats import (
-    DatasetError,
-    read_cifar10_binary,
-    read_cifar10_python,
-    read_idx,
-    read_mnist,
-)
-from xpdl.datasets import (
+from xpdl.data.datasets import (
     DATASETS,
     DIGITS_FILE,
     DIGITS_TEST_SEED,
@@ -31,6 +24,13 @@ from xpdl.datasets import (
     load_raw,
     prepare,
     read_digits,
+)
+from xpdl.data.formats import (
+    DatasetError,
+    read_cifar10_binary,
+    read_cifar10_python,
+    read_idx,
+    read_mnist,
 )
 
 # ---------------------------------------------------------------------------
@@ -444,12 +444,12 @@ def test_digits_split_is_a_fixed_permutation_of_the_packaged_file():
 
 
 def test_digits_file_is_packaged_and_loads_without_pickle():
-    path = Path(xpdl.__file__).parent / DIGITS_FILE
+    path = Path(xpdl.__file__).parent / "data" / DIGITS_FILE
     with np.load(path, allow_pickle=False) as archive:
         assert sorted(archive.files) == ["images", "labels"]
     assert path.stat().st_size < 64_000
     pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text()
-    assert f'xpdl = ["{DIGITS_FILE}"]' in pyproject
+    assert f'"xpdl.data" = ["{DIGITS_FILE}"]' in pyproject
 
 
 def test_prepare_uses_training_mean_only_and_is_seeded():

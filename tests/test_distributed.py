@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 
 import xpdl
-from xpdl import distributed, launch
-from xpdl.backend import get_backend
-from xpdl.net_checkpoint import load_checkpoint
+from xpdl.backends import get_backend
+from xpdl.parallel import distributed, launch
 from xpdl.rng import Generator
+from xpdl.runs.net_checkpoint import load_checkpoint
 
 REPO = Path(xpdl.__file__).resolve().parents[1]
 DRIVER = REPO / "tests" / "mpi_driver.py"

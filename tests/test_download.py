@@ -1,4 +1,4 @@
-"""Tests of xpdl.download against a local HTTP server (no internet access)."""
+"""Tests of xpdl.data.download against a local HTTP server (no internet access)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import xpdl.download as dl
-from xpdl.data_formats import DatasetError, cifar10_batch_names, read_cifar10_python
-from xpdl.datasets import load_raw
-from xpdl.download import SOURCES, DatasetSource, DownloadError, download_dataset
+import xpdl.data.download as dl
+from xpdl.data.datasets import load_raw
+from xpdl.data.download import SOURCES, DatasetSource, DownloadError, download_dataset
+from xpdl.data.formats import DatasetError, cifar10_batch_names, read_cifar10_python
 
 CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
 IDX_FILES = (

@@ -1,7 +1,7 @@
 """The compiled paths compute what the reference computes (float64 to 1e-12, float32 to 1e-5).
 
 Each backend is compared with its own reference twin (``backend.reference()``: the
-same namespace and device, the reference methods of :class:`xpdl.backend.Backend`),
+same namespace and device, the reference methods of :class:`xpdl.backends.Backend`),
 for every update rule, every normalization, with and without dropout and L2.
 """
 
@@ -12,9 +12,9 @@ import pytest
 from helpers import assert_close, host
 
 import xpdl
-import xpdl.distributed
+import xpdl.parallel.distributed
 from xpdl import updater
-from xpdl.backend import get_backend, probe_cupy
+from xpdl.backends import get_backend, probe_cupy
 
 TOL = {"float64": 1e-12, "float32": 1e-5}
 _CUPY_WHY = probe_cupy(0)
@@ -188,7 +188,7 @@ def test_cupy_training_matches_numpy_training(normalization):
         np.testing.assert_allclose(host(gpu.model.state_arrays()[k]), host(v), rtol=1e-11, atol=1e-12)
 
 
-class OneOfTwoRanks(xpdl.distributed.Communicator):
+class OneOfTwoRanks(xpdl.parallel.distributed.Communicator):
     """Claims two ranks but sums over this one only: synchronized batch norm must then equal the plain one."""
 
     def __init__(self):

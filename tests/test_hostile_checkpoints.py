@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 
 import xpdl
-from xpdl import checkpoint, cli
-from xpdl.checkpoint import CheckpointError, save_checkpoint
-from xpdl.net_checkpoint import load_checkpoint
+from xpdl import cli
+from xpdl.runs import checkpoint
+from xpdl.runs.checkpoint import CheckpointError, save_checkpoint
+from xpdl.runs.net_checkpoint import load_checkpoint
+from xpdl.training.options import CHECKPOINT_SPEC, DEFAULTS
 
 META = {
-    "settings": {**cli.DEFAULTS, "hidden_dims": [6, 7]},
+    "settings": {**DEFAULTS, "hidden_dims": [6, 7]},
     "preprocessing": {
         "dataset": "digits",
         "scale": 16.0,
@@ -80,7 +82,7 @@ def edit(path: Path, change) -> None:
     rewrite(path, doc, arrays)
 
 
-def refused(path: Path, pattern: str, spec=cli.CHECKPOINT_SPEC) -> str:
+def refused(path: Path, pattern: str, spec=CHECKPOINT_SPEC) -> str:
     with pytest.raises(CheckpointError, match=pattern) as info:
         load_checkpoint(path, spec)
     message = str(info.value)
@@ -100,7 +102,7 @@ def peak_bytes(func) -> int:
 
 
 def test_the_good_file_loads_with_the_tools_settings_schema(path):
-    ck = load_checkpoint(path, cli.CHECKPOINT_SPEC)
+    ck = load_checkpoint(path, CHECKPOINT_SPEC)
     assert ck["config"]["normalization"] == "batchnorm" and ck["update_rule"] == "adam"
 
 

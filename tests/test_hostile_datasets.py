@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import xpdl.data_formats as formats
-import xpdl.pickle_subset as subset
-from xpdl.data_formats import DatasetError, cifar10_batch_names, read_cifar10_python, read_idx, read_mnist
+import xpdl.data.formats as formats
+import xpdl.data.pickle_subset as subset
+from xpdl.data.formats import DatasetError, cifar10_batch_names, read_cifar10_python, read_idx, read_mnist
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -152,7 +152,7 @@ CRAFTED = {
 
 _READER = """
 import sys
-from xpdl.data_formats import DatasetError, read_cifar10_python
+from xpdl.data.formats import DatasetError, read_cifar10_python
 for folder in sys.argv[1:]:
     try:
         read_cifar10_python(folder)

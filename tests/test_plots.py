@@ -15,9 +15,9 @@ import pytest
 
 import xpdl
 from xpdl import cli, plots
-from xpdl.datasets import load_dataset
-from xpdl.history import history_record
-from xpdl.run_folder import write_json
+from xpdl.data.datasets import load_dataset
+from xpdl.runs.folder import write_json
+from xpdl.runs.history import history_record
 
 PNG = b"\x89PNG\r\n\x1a\n"
 REPO = Path(xpdl.__file__).resolve().parents[1]
@@ -347,7 +347,7 @@ def small_run(tmp_path_factory) -> Path:
 
 def test_train_draws_the_first_layer_weights_into_the_run_folder(small_run):
     assert (small_run / "weights.png").read_bytes()[:8] == PNG
-    from xpdl.net_checkpoint import build_model, load_checkpoint
+    from xpdl.runs.net_checkpoint import build_model, load_checkpoint
 
     net = build_model(load_checkpoint(small_run / "best.npz"), "numpy")
     drawn = plots.render(plots.weights(net, (8, 8, 1)))

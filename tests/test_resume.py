@@ -22,7 +22,7 @@ import pytest
 
 import xpdl
 from xpdl import cli
-from xpdl.net_checkpoint import load_checkpoint
+from xpdl.runs.net_checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 

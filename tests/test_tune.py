@@ -27,7 +27,7 @@ import pytest
 
 import xpdl
 from xpdl import cli
-from xpdl.tune_space import SearchSpaceError, option_argv, parse_search, parse_space, train_parser
+from xpdl.tune.space import SearchSpaceError, option_argv, parse_search, parse_space, train_parser
 
 optuna = pytest.importorskip("optuna", reason="optuna is not installed (pip install 'xpdl[tune]')")
 from optuna.trial import TrialState  # noqa: E402
@@ -82,8 +82,8 @@ def start_xpdl(*argv: str) -> subprocess.Popen:
 
 
 def journal_trials(folder: Path) -> list:
-    from xpdl.tune import read_study_file
-    from xpdl.tune_study import open_storage
+    from xpdl.tune.driver import read_study_file
+    from xpdl.tune.study import open_storage
 
     _, spec, name = read_study_file(folder)
     return optuna.load_study(study_name=name, storage=open_storage(spec)).get_trials(deepcopy=False)
@@ -174,7 +174,7 @@ def test_tune_usage_errors_exit_2_with_one_line(argv, words, capsys, tmp_path):
 
 def test_without_optuna_tune_says_how_to_install_it_and_import_xpdl_never_imports_optuna():
     code = (
-        "import sys; import xpdl, xpdl.cli, xpdl.tune, xpdl.tune_space; "
+        "import sys; import xpdl, xpdl.cli, xpdl.tune, xpdl.tune.space; "
         "assert 'optuna' not in sys.modules, 'optuna imported'; sys.modules['optuna'] = None; "
         "sys.exit(xpdl.cli.main(['tune', '--search', 'lr=1e-3..1e-2']))"
     )

@@ -6,13 +6,25 @@ namespace. :func:`get_backend` chooses one (``"auto"``: the GPU if one works,
 else the CPU, saying why).
 """
 
-from xpdl.backend import Backend, BackendUnavailable, available_backends, get_backend
-from xpdl.backend import describe_paths as fast_paths_info
+from xpdl.backends import Backend, BackendUnavailable, available_backends, get_backend
+from xpdl.backends import describe_paths as fast_paths_info
 from xpdl.fc_net import FullyConnectedNet
 from xpdl.rng import Generator
 from xpdl.trainer import Trainer
+from xpdl.version import __version__
 
-__version__ = "0.1.0"
+
+def __getattr__(name: str):  # the training function and the datasets load on first use, not on import xpdl
+    if name in ("TrainingRun", "train"):
+        from xpdl import training
+
+        return getattr(training, name)
+    if name == "load_dataset":
+        from xpdl.data import load_dataset
+
+        return load_dataset
+    raise AttributeError(f"module 'xpdl' has no attribute {name!r}")
+
 
 __all__ = [
     "Backend",
@@ -20,8 +32,11 @@ __all__ = [
     "FullyConnectedNet",
     "Generator",
     "Trainer",
+    "TrainingRun",
     "__version__",
     "available_backends",
     "fast_paths_info",
     "get_backend",
+    "load_dataset",
+    "train",
 ]

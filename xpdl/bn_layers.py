@@ -8,7 +8,7 @@
           ``running = momentum * running + (1 - momentum) * batch_stat``.
     running_mean, running_var: (D,) arrays; start at zeros of x's dtype and device.
 
-    comm: optional :class:`xpdl.distributed.Communicator`. With more than one rank the
+    comm: optional :class:`xpdl.parallel.distributed.Communicator`. With more than one rank the
           batch is split across ranks and the statistics are those of the whole batch:
           column sums (and the row count) and then the sums of squared deviations are
           summed over the ranks, and the backward pass sums ``sum(dout)`` and

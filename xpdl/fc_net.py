@@ -2,13 +2,13 @@
 
 ``norm`` is batch norm, layer norm or nothing (:data:`xpdl.bn_layers.NORMALIZATIONS`).
 Parameters live on the net's backend (NumPy, CuPy or any Array API namespace,
-see :mod:`xpdl.backend`) in the net's dtype. Initial weights are drawn on the
+see :mod:`xpdl.backends.base`) in the net's dtype. Initial weights are drawn on the
 host from the net's :class:`xpdl.rng.Generator` and copied, so the same ``seed``
 gives the same net on every backend; dropout masks come from the same generator.
 
 The net is described once: a list of :class:`HiddenLayer` (index, normalization
 and its param dict) plus the output affine layer. Training passes go through the
-backend's :meth:`~xpdl.backend.Backend.hidden_forward` / ``hidden_backward``,
+backend's :meth:`~xpdl.backends.Backend.hidden_forward` / ``hidden_backward``,
 whose reference versions compose the functional layers and whose NumPy versions
 run compiled kernels; predictions use the reference versions.
 """
@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from xpdl.backend import Backend, dtype_name, get_backend, to_numpy
+from xpdl.backends import Backend, get_backend
 from xpdl.bn_layers import NORMALIZATIONS as NORMALIZATION_LAYERS
 from xpdl.dropout_layers import check_keep_probability
+from xpdl.host import dtype_name, to_numpy
 from xpdl.rng import Generator
 
 FLOAT_DTYPES = ("float32", "float64")
@@ -62,7 +63,7 @@ class FullyConnectedNet:
         weight_scale: standard deviation of the initial weights.
         seed: seeds weights and dropout masks; None draws one from the OS.
         dtype: ``"float32"`` (default) or ``"float64"`` (gradient checks).
-        backend: a name or :class:`xpdl.backend.Backend`; None uses the default selector.
+        backend: a name or :class:`xpdl.backends.Backend`; None uses the default selector.
         normalization: ``None``, ``"batchnorm"`` or ``"layernorm"``, after every hidden affine layer.
 
     Attributes:

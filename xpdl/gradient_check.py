@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from xpdl.backend import to_numpy
+from xpdl.host import to_numpy
 
 
 def _indices(shape: tuple[int, ...]) -> Any:

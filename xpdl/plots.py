@@ -33,15 +33,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import PowerNorm
 from matplotlib.ticker import FuncFormatter, LogLocator
 
-from xpdl.atomic import atomic_write
-from xpdl.backend import to_numpy
-from xpdl.history import history_record
-from xpdl.run_folder import read_history
+from xpdl.host import to_numpy
+from xpdl.runs.atomic import atomic_write
+from xpdl.runs.folder import read_history
+from xpdl.runs.history import history_record
 
 #: Pictures of a run folder: first-layer weights (``xpdl train``) and confusion matrix (``xpdl evaluate --plot``).
 WEIGHTS_FILE = "weights.png"
 CONFUSION_FILE = "confusion.png"
-#: Keys a history document must have to be drawn (see :func:`xpdl.history.history_record`).
+#: Keys a history document must have to be drawn (see :func:`xpdl.runs.history.history_record`).
 HISTORY_KEYS = ("loss_history", "loss_epochs", "check_epochs", "train_acc_history", "val_acc_history")
 #: Resolution of saved and inline PNGs (dots per inch); figure sizes are in inches.
 DPI = 100
@@ -102,7 +102,7 @@ def history_data(source: Any) -> dict[str, Any]:
     """The history document behind :func:`history`, from a Trainer, a run folder, a JSON file or a dict.
 
     Returns a dict with at least :data:`HISTORY_KEYS` (and ``best_val_acc``,
-    ``best_epoch`` when known); see :func:`xpdl.history.history_record`.
+    ``best_epoch`` when known); see :func:`xpdl.runs.history.history_record`.
     """
     if hasattr(source, "loss_history") and hasattr(source, "iterations_per_epoch"):
         return history_record(source, settings={}, device="")

@@ -5,10 +5,12 @@ easy as 1, 2, 3", SC 2011) with a 128-bit key and a 256-bit counter. Its state i
 two Python integers, readable and restorable with :meth:`Generator.get_state` /
 :meth:`Generator.set_state`.
 
-Where the numbers are made is the backend's business
-(:meth:`xpdl.backend.Backend.philox_uint32`): ``numpy.random.Philox`` on the host
-for NumPy and array_api_strict, one CUDA kernel reproducing NumPy's stream word
-for word on CuPy, so no host mask is copied to the GPU each step.
+The stream is defined here (:func:`host_philox_uint32`: ``numpy.random.Philox`` on
+the host), and a draw lands on the namespace and device of the array it is drawn
+``like``. A backend may register a faster source of the same words for its arrays
+(:func:`register_word_source`): CuPy's backend registers one CUDA kernel that
+reproduces the stream word for word, so no host mask is copied to the GPU each
+step. This module imports no backend.
 
 Stream layout (shared by both): a draw of ``n`` 32-bit words uses ``ceil(n / 8)``
 Philox blocks; block ``j`` encrypts counter ``c + 1 + j`` (NumPy increments before
@@ -24,8 +26,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
 MASK64 = (1 << 64) - 1
@@ -77,11 +81,9 @@ class Generator:
         by the whole draw. Data-parallel ranks draw their rows of one batch's mask this
         way, so the masks do not depend on the number of ranks.
         """
-        from xpdl.backend import backend_of
-
         shape = tuple(shape)
         if rows is None:
-            return backend_of(like).philox_uint32(self.key, self.advance(math.prod(shape)), shape)
+            return philox_uint32(self.key, self.advance(math.prod(shape)), shape, like)
         first, total = (int(r) for r in rows)
         if not (shape and 0 <= first and first + shape[0] <= total):
             raise ValueError(
@@ -91,9 +93,8 @@ class Generator:
         per_row = math.prod(shape[1:])
         counter = self.advance(total * per_row)
         skip, offset = divmod(first * per_row, WORDS32_PER_BLOCK)
-        backend = backend_of(like)
-        words = backend.philox_uint32(self.key, (counter + skip) % 2**256, (offset + math.prod(shape),))
-        return backend.xp.reshape(words[offset:], shape)
+        words = philox_uint32(self.key, (counter + skip) % 2**256, (offset + math.prod(shape),), like)
+        return array_api_compat.array_namespace(words).reshape(words[offset:], shape)
 
     def advance(self, n: int) -> int:
         """Reserve the blocks of a draw of ``n`` 32-bit words; returns the counter the draw starts from."""
@@ -112,6 +113,41 @@ class Generator:
         ctr = bitgen.state["state"]["counter"]
         self.counter = sum(int(c) << (64 * i) for i, c in enumerate(ctr))
         return out
+
+
+#: Faster sources of the same words: ``(owns(like), words(key, counter, shape))`` pairs, first match wins.
+_WORD_SOURCES: list[tuple[Callable[[Any], bool], Callable[[int, int, tuple[int, ...]], Any]]] = []
+
+
+def register_word_source(owns: Callable[[Any], bool], words: Callable[[int, int, tuple[int, ...]], Any]) -> None:
+    """Let ``words(key, counter, shape)`` make the draws of arrays for which ``owns(like)`` is true.
+
+    ``words`` must return exactly :func:`host_philox_uint32`'s words, on the array's device.
+    A backend registers itself once, when it is created.
+    """
+    if not any(o == owns for o, _ in _WORD_SOURCES):
+        _WORD_SOURCES.append((owns, words))
+
+
+def host_philox_uint32(key: int, counter: int, shape: tuple[int, ...]) -> np.ndarray:
+    """uint32 Philox4x64-10 words of ``shape`` on the host: block j encrypts ``counter + 1 + j``.
+
+    The definition of the stream (layout in the module docstring), made by NumPy's own Philox.
+    """
+    n = math.prod(shape)
+    raw = np.random.Philox(key=key, counter=counter).random_raw(-(-n // WORDS32_PER_BLOCK) * 4)
+    return raw.astype("<u8", copy=False).view("<u4")[:n].reshape(shape)
+
+
+def philox_uint32(key: int, counter: int, shape: tuple[int, ...], like: Any) -> Any:
+    """:func:`host_philox_uint32`'s words on the namespace and device of array ``like``."""
+    if type(like) is np.ndarray:
+        return host_philox_uint32(key, counter, shape)
+    for owns, words in _WORD_SOURCES:
+        if owns(like):
+            return words(key, counter, shape)
+    xp = array_api_compat.array_namespace(like)
+    return xp.asarray(host_philox_uint32(key, counter, shape), device=array_api_compat.device(like))
 
 
 def keep_threshold(p: float) -> int:

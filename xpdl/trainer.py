@@ -16,7 +16,7 @@ to epoch). Accuracies are checked after the first iteration and at the end of
 every epoch (the last iteration included); the model ends with the parameters
 and batch-norm statistics of the best validation accuracy.
 
-Data parallel (``comm=``, a :class:`xpdl.distributed.Communicator` with more than
+Data parallel (``comm=``, a :class:`xpdl.parallel.distributed.Communicator` with more than
 one rank): ``batch_size`` is the global batch. Each rank holds the whole dataset,
 takes its contiguous slice of each batch of the seed-and-epoch permutation and
 computes its share of the gradient of the batch's mean loss; one flat buffer
@@ -38,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from xpdl import distributed, updater
+from xpdl import updater
+from xpdl.parallel import distributed
 from xpdl.progress import TrainingBar
 
 HISTORY_LISTS = (
@@ -77,7 +78,7 @@ class Trainer:
         num_val_samples: validation samples used (default None: all).
         on_iteration, on_epoch_end: optional callables ``f(trainer)`` run after each
             iteration / after each epoch's accuracy check.
-        comm: a :class:`xpdl.distributed.Communicator` (``xpdl.distributed.init()``) to train
+        comm: a :class:`xpdl.parallel.distributed.Communicator` (``xpdl.parallel.distributed.init()``) to train
             data-parallel on its ranks (see the module docstring); default: one process.
         local_batchnorm: with ``comm``, normalize with each rank's own batch statistics
             (faster, other numbers) instead of the whole batch's (default False).
@@ -110,7 +111,7 @@ class Trainer:
         self.comm = kwargs.pop("comm", None) or distributed.single_process()
         if not isinstance(self.comm, distributed.Communicator):
             raise TypeError(
-                f"comm: expected an xpdl.distributed.Communicator (xpdl.distributed.init()), "
+                f"comm: expected an xpdl.parallel.distributed.Communicator (xpdl.parallel.distributed.init()), "
                 f"got {type(self.comm).__name__}"
             )
         self.local_batchnorm = kwargs.pop("local_batchnorm", False)
@@ -512,7 +513,7 @@ class Trainer:
         Ends with the model holding the parameters of the best validation accuracy. With
         more than one rank, an exception in this rank (Ctrl-C included) other than a
         diverged loss (which every rank sees alike) aborts the whole job
-        (:func:`xpdl.distributed.abort_job`) instead of leaving the other ranks waiting.
+        (:func:`xpdl.parallel.distributed.abort_job`) instead of leaving the other ranks waiting.
         """
         if not self.distributed:
             return self._train()

@@ -7,7 +7,7 @@ scalars it derives from its config (:meth:`UpdateRule.scalars`, which also
 advances step counters such as Adam's ``t``) and one reference step over
 ``(w, g, state, scalars)`` (:meth:`UpdateRule.reference`). A backend may run a
 rule as one compiled in-place kernel that takes the same scalars
-(:meth:`xpdl.backend.Backend.update`); a rule without one runs its reference
+(:meth:`xpdl.backends.Backend.update`); a rule without one runs its reference
 step everywhere.
 
 The seed's functional API stays: ``next_w, config = rule(w, dw, config=None)``
@@ -20,7 +20,7 @@ for ``sgd``, ``sgd_momentum``, ``rmsprop``, ``adam`` and ``adamw``:
 Rules return a new array and never write into ``w`` or ``dw``.
 
 Adding a rule: one subclass here, registered in :data:`RULES`; optionally a
-kernel beside its siblings in :mod:`xpdl.cpu_kernels` / :mod:`xpdl.cuda_kernels`.
+kernel beside its siblings in :mod:`xpdl.backends.cpu_kernels` / :mod:`xpdl.backends.cuda_kernels`.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
-"""Checkpoints of :class:`xpdl.FullyConnectedNet`: the format of :mod:`xpdl.checkpoint` bound to the net.
+"""Checkpoints of :class:`xpdl.FullyConnectedNet`: the format of :mod:`xpdl.runs.checkpoint` bound to the net.
 
 :data:`SPEC` tells the format what a net's metadata must describe (its config
 checked by :func:`xpdl.fc_net.check_config`, the arrays of
-:func:`xpdl.fc_net.state_shapes`, the update rules of :mod:`xpdl.updater`, the
-dataset names of :mod:`xpdl.datasets`), so nothing is built to check a file.
+:func:`xpdl.fc_net.state_shapes`, the update rules of :mod:`xpdl.updater`), so nothing is
+built to check a file. The dataset names and the run settings' schema belong to
+whoever trains (:data:`xpdl.training.options.CHECKPOINT_SPEC` adds both).
 
 ```python
-from xpdl.net_checkpoint import build_model, load_checkpoint
+from xpdl.runs import build_model, load_checkpoint
 
 ckpt = load_checkpoint("runs/deep/best.npz")       # checks everything, builds nothing
 net = build_model(ckpt, backend="numpy")           # any backend, whatever trained it
@@ -19,9 +20,9 @@ import dataclasses
 import os
 from typing import Any
 
-from xpdl import checkpoint, updater
-from xpdl.checkpoint import CheckpointError, CheckpointSpec, restore_trainer, save_checkpoint, save_model
-from xpdl.datasets import DATASETS
+from xpdl import updater
+from xpdl.runs import checkpoint
+from xpdl.runs.checkpoint import CheckpointError, CheckpointSpec, restore_trainer, save_checkpoint, save_model
 from xpdl.fc_net import FullyConnectedNet, check_config, state_shapes
 
 __all__ = [
@@ -45,23 +46,25 @@ def _update_rules() -> dict[str, tuple[dict[str, Any], tuple[str, ...]]]:
     return {name: (dict(updater.DEFAULTS[name]), tuple(updater.STATE_KEYS[name])) for name in updater.UPDATE_RULES}
 
 
-#: The checkpoint spec of :class:`FullyConnectedNet` (any run settings).
+#: The checkpoint spec of :class:`FullyConnectedNet` (any run settings, any dataset name).
 SPEC = CheckpointSpec(
     check_config=check_config,
     state_shapes=state_shapes,
     param_names=param_names,
     update_rules=_update_rules(),
-    datasets=DATASETS,
 )
 
 
-def spec_with_settings(settings: Any) -> CheckpointSpec:
-    """:data:`SPEC` with ``settings`` (an :mod:`xpdl.schema` node) as the schema of the run settings."""
-    return dataclasses.replace(SPEC, settings=settings)
+def spec_with_settings(settings: Any, datasets: Any = None) -> CheckpointSpec:
+    """:data:`SPEC` with ``settings`` (an :mod:`xpdl.runs.schema` node) as the schema of the run settings.
+
+    ``datasets``: the names ``preprocessing.dataset`` may take (None: any name).
+    """
+    return dataclasses.replace(SPEC, settings=settings, datasets=datasets)
 
 
 def load_checkpoint(path: str | os.PathLike[str], spec: CheckpointSpec = SPEC) -> dict[str, Any]:
-    """:func:`xpdl.checkpoint.load_checkpoint` of a :class:`FullyConnectedNet` checkpoint."""
+    """:func:`xpdl.runs.checkpoint.load_checkpoint` of a :class:`FullyConnectedNet` checkpoint."""
     return checkpoint.load_checkpoint(path, spec)
 
 

@@ -1,6 +1,6 @@
 """Data-parallel communicators: MPI (mpi4py) between processes, NCCL (CuPy) between GPUs.
 
-``comm = xpdl.distributed.init()`` returns the job's :class:`Communicator`: MPI's
+``comm = xpdl.parallel.distributed.init()`` returns the job's :class:`Communicator`: MPI's
 world when the process was started by an MPI launcher (``mpiexec``, ``srun``, ...),
 else a single-process one that does nothing. ``Trainer(net, data, comm=comm)``
 then trains data-parallel (:mod:`xpdl.trainer`): each rank computes its slice of
@@ -94,7 +94,7 @@ class MPICommunicator(Communicator):
             return arr
         if type(arr).__module__.startswith("cupy"):
             return self._allreduce_cupy(arr)
-        from xpdl.backend import backend_of
+        from xpdl.backends import backend_of
 
         host = np.ascontiguousarray(backend_of(arr).to_numpy(arr))
         self.comm.Allreduce(self.MPI.IN_PLACE, host, op=self.MPI.SUM)
@@ -254,7 +254,7 @@ def rank_backend_name(name: str, comm: Communicator) -> str:
     """
     if comm.size == 1 or name not in ("cupy", "auto"):
         return name
-    from xpdl.backend import probe_cupy
+    from xpdl.backends import probe_cupy
 
     if name == "auto" and probe_cupy(0):
         return "numpy"

@@ -1,6 +1,6 @@
 """One ``xpdl tune`` worker process: asks the study for trials and runs each as an ``xpdl train`` run.
 
-Started by :mod:`xpdl.tune` as ``python -m xpdl tune --worker ...`` with its BLAS
+Started by :mod:`xpdl.tune.driver` as ``python -m xpdl tune --worker ...`` with its BLAS
 thread counts already in its environment. Each trial writes a normal run folder
 ``OUT/trials/trial-NNNN`` (``xpdl evaluate`` works on it), trains with seed
 ``seed + trial number`` (but splits off the validation set with ``seed`` alone,
@@ -21,8 +21,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from xpdl import tune_study as ts
-from xpdl.tune_space import SearchParam, option_argv, options_argv, parse_space, train_actions
+from xpdl.training import TrainingRun, train
+from xpdl.tune import study as ts
+from xpdl.tune.space import SearchParam, option_argv, option_value, options_argv, parse_space, train_actions
 
 TRIALS_DIR = "trials"
 
@@ -46,7 +47,10 @@ def _stop_on_first_sigint(signum: int, frame: Any) -> None:
 
 
 class Objective:
-    """``objective(trial)``: one ``xpdl train`` run with the trial's parameters; returns its best val accuracy."""
+    """``objective(trial)``: one training run (a :class:`TrainingRun`) with the trial's parameters.
+
+    Returns the run's best validation accuracy.
+    """
 
     def __init__(self, study: optuna.Study, out: Path, config: dict[str, Any]) -> None:
         self.study, self.out, self.config = study, out, config
@@ -56,8 +60,6 @@ class Objective:
         self.current: optuna.Trial | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from xpdl.cli import train_main
-
         self.current = trial
         if ts.is_surplus(self.study, trial.number):
             trial.set_user_attr("surplus", True)
@@ -66,19 +68,17 @@ class Objective:
         folder = trial_folder(self.out, trial.number)
         trial.set_user_attr("worker", ts.worker_name())
         trial.set_user_attr("run", str(folder.relative_to(self.out)))
-        argv = [
-            *self.fixed_argv,
-            *(a for name, v in params.items() for a in option_argv(name, v, self.actions)),
-            "--seed",
-            str(self.config["seed"] + trial.number),
-            "--out",
-            str(folder),
-            "--quiet",
-        ]
-        if "--split-seed" not in self.fixed_argv:  # every trial is scored on the same validation split
-            argv += ["--split-seed", str(self.config["seed"])]
-        print(f"trial {trial.number}: xpdl train {' '.join(argv)}", flush=True)
-        code = train_main(argv, epoch_callback=lambda trainer: self.report(trial, trainer))
+        options = {
+            **{name: option_value(name, v, self.actions) for name, v in self.config["fixed"].items()},
+            **{name: option_value(name, v, self.actions) for name, v in params.items()},
+            "seed": self.config["seed"] + trial.number,
+            "out": str(folder),
+            "quiet": True,
+        }
+        options.setdefault("split-seed", self.config["seed"])  # every trial is scored on the same validation split
+        print(f"trial {trial.number}: xpdl train {' '.join(self.command_line(params, options))}", flush=True)
+        run = TrainingRun.from_options(options)
+        code = train(run, epoch_callback=lambda trainer: self.report(trial, trainer))
         sys.stdout.flush()
         if code == 0:
             return float(json.loads((folder / "history.json").read_text())["best_val_acc"])
@@ -87,6 +87,21 @@ class Objective:
         reason = "training diverged" if code == 1 else f"xpdl train exited with code {code}"
         trial.set_user_attr("error", f"{reason} (see the worker log)")
         raise TrainFailed(reason)
+
+    def command_line(self, params: dict[str, Any], options: dict[str, Any]) -> list[str]:
+        """The ``xpdl train`` options of a trial, as the worker log shows them."""
+        argv = [
+            *self.fixed_argv,
+            *(a for name, v in params.items() for a in option_argv(name, v, self.actions)),
+            "--seed",
+            str(options["seed"]),
+            "--out",
+            options["out"],
+            "--quiet",
+        ]
+        if "--split-seed" not in self.fixed_argv:
+            argv += ["--split-seed", str(options["split-seed"])]
+        return argv
 
     @staticmethod
     def report(trial: optuna.Trial, trainer: Any) -> None:
@@ -100,8 +115,8 @@ def _preload() -> None:
     """Import what every trial needs once, so trial seconds measure training, not imports."""
     import matplotlib.figure  # noqa: F401  (curves.png)
 
-    import xpdl.cli  # noqa: F401
-    import xpdl.cpu_kernels  # noqa: F401  (numba)
+    import xpdl.backends.cpu_kernels  # noqa: F401  (numba)
+    import xpdl.training.run  # noqa: F401
 
 
 def run_worker(storage_spec: str, study_name: str, out: str | Path, sampler_seed: int) -> int:

@@ -2,16 +2,16 @@
 
 A run folder holds
 
-- ``checkpoint.npz``: the latest training checkpoint (:mod:`xpdl.checkpoint`);
+- ``checkpoint.npz``: the latest training checkpoint (:mod:`xpdl.runs.checkpoint`);
 - ``best.npz``: the model with the best validation accuracy so far;
-- ``history.json``: the run's settings and histories (:mod:`xpdl.history`);
+- ``history.json``: the run's settings and histories (:mod:`xpdl.runs.history`);
 - ``curves.png``: loss and accuracies against epoch (:mod:`xpdl.plots`);
 - while a process writes into it, ``.xpdl.lock``: an exclusive advisory lock
   (``flock``), released (and the file removed) when the process ends; the
   operating system releases it when the process dies, so ``SIGKILL`` leaves no
   stale lock.
 
-Every file is replaced atomically (:func:`xpdl.atomic.atomic_write`): a temporary
+Every file is replaced atomically (:func:`xpdl.runs.atomic.atomic_write`): a temporary
 ``.NAME.*.tmp`` in the folder, fsynced and renamed; a process killed during a save
 leaves that temporary behind, which :meth:`RunFolder.resume` removes.
 
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xpdl.atomic import atomic_write
+from xpdl.runs.atomic import atomic_write
 
 CHECKPOINT_FILE = "checkpoint.npz"
 BEST_FILE = "best.npz"

@@ -1,6 +1,6 @@
-"""NumPy on the CPU, with compiled kernels (:mod:`xpdl.cpu_kernels`) for the hot parts of a training step.
+"""NumPy on the CPU, with compiled kernels (:mod:`xpdl.backends.cpu_kernels`) for the hot parts of a training step.
 
-:class:`NumpyBackend` overrides the reference methods of :class:`xpdl.backend.Backend`:
+:class:`NumpyBackend` overrides the reference methods of :class:`xpdl.backends.Backend`:
 
 - a hidden layer's forward is one matrix product into a kept buffer, then
   ``norm + bias + ReLU + dropout`` as one compiled pass (batch norm, layer norm
@@ -8,7 +8,7 @@
   sums) and the matrix products into kept buffers, without the first layer's
   input gradient;
 - the L2 term is added in place;
-- every update rule with a kernel in :data:`xpdl.cpu_kernels.UPDATE_KERNELS`
+- every update rule with a kernel in :data:`xpdl.backends.cpu_kernels.UPDATE_KERNELS`
   runs as one in-place pass per parameter, in the parameters' dtype.
 
 Buffers are kept in the ``buffers`` dict a caller passes (the Trainer passes
@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from xpdl.backend import Backend, to_numpy
+from xpdl.backends.base import Backend
 from xpdl.dropout_layers import check_keep_probability, dropout_words
+from xpdl.host import to_numpy
 from xpdl.rng import keep_threshold
 
 _NO_WORDS = np.zeros((0, 0), np.uint32)
@@ -32,7 +33,7 @@ _NO_KEEP = np.zeros((0, 0), np.uint8)
 
 
 def _kernels() -> Any:
-    from xpdl import cpu_kernels  # numba loads on the first training step, not on import xpdl
+    from xpdl.backends import cpu_kernels  # numba loads on the first training step, not on import xpdl
 
     return cpu_kernels
 
@@ -243,7 +244,7 @@ def _synced_bn_forward(
     keep: np.ndarray,
     inv_std: np.ndarray,
 ) -> float:
-    """:func:`xpdl.cpu_kernels.bn_relu_dropout_forward` with the statistics of the batch over all ranks.
+    """:func:`xpdl.backends.cpu_kernels.bn_relu_dropout_forward` with the statistics of the batch over all ranks.
 
     Two small allreduces: the column sums with the row count ((H + 1,) float64), then the
     column sums of squared deviations from the global mean ((H,) float64). Returns the
@@ -277,7 +278,7 @@ def _synced_bn_forward(
 def _synced_bn_backward(
     k: Any, c: _HiddenCache, dh: np.ndarray, da: np.ndarray, dgamma: np.ndarray, dbeta: np.ndarray, db: np.ndarray
 ) -> None:
-    """:func:`xpdl.cpu_kernels.bn_relu_dropout_backward` with the column sums of the whole batch (one allreduce).
+    """:func:`~xpdl.backends.cpu_kernels.bn_relu_dropout_backward` with the whole batch's column sums (one allreduce).
 
     ``dgamma``, ``dbeta`` get this rank's shares (the data-parallel gradient sum adds them up).
     """

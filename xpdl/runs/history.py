@@ -1,7 +1,7 @@
 """What a run records as it trains: ``history.json`` and the files of the run folder, kept up to date.
 
 :class:`RunRecorder` is the Trainer's ``on_iteration`` callback that writes a run
-folder (:mod:`xpdl.run_folder`): ``checkpoint.npz`` every ``checkpoint_every``
+folder (:mod:`xpdl.runs.folder`): ``checkpoint.npz`` every ``checkpoint_every``
 iterations (default: at every epoch end) and always after the last iteration,
 ``best.npz`` whenever the validation accuracy improves, ``history.json``
 (:func:`history_record`) with every checkpoint, and at the end (also after a
@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from xpdl.checkpoint import save_checkpoint, save_model
-from xpdl.run_folder import (
+from xpdl.runs.checkpoint import save_checkpoint, save_model
+from xpdl.runs.folder import (
     BEST_FILE,
     CHECKPOINT_FILE,
     CURVES_FILE,
@@ -76,15 +77,23 @@ class RunRecorder:
     Args:
         folder: the run folder (must exist).
         meta: checkpoint metadata: ``settings`` and ``preprocessing`` (see
-            :func:`xpdl.checkpoint.save_checkpoint`).
+            :func:`xpdl.runs.checkpoint.save_checkpoint`).
         device: a description of the device, for ``history.json``.
         checkpoint_every: save every this many iterations; None: at every epoch end.
+        draw_curves: ``draw_curves(history, path)`` draws ``curves.png`` when the run ends
+            (:func:`xpdl.plots.plot_curves`); None draws nothing. This module writes data only.
     """
 
     def __init__(
-        self, folder: str | os.PathLike[str], meta: dict[str, Any], device: str, checkpoint_every: int | None = None
+        self,
+        folder: str | os.PathLike[str],
+        meta: dict[str, Any],
+        device: str,
+        checkpoint_every: int | None = None,
+        draw_curves: Callable[[dict[str, Any], Path], Any] | None = None,
     ) -> None:
         self.folder = Path(folder)
+        self.draw_curves = draw_curves
         self.meta = meta
         self.device = device
         self.checkpoint_every = checkpoint_every
@@ -137,14 +146,14 @@ class RunRecorder:
         return history_record(trainer, self.meta.get("settings", {}), self.device)
 
     def finish(self, trainer: Any) -> Path | None:
-        """After training: rewrite ``history.json`` and draw ``curves.png`` (None if matplotlib is missing)."""
-        from xpdl.plots import plot_curves
-
+        """After training: rewrite ``history.json`` and draw ``curves.png`` (None when no drawer was given)."""
         doc = self.history(trainer)
         with self._writing(HISTORY_FILE):
             write_json(self.folder / HISTORY_FILE, doc)
+        if self.draw_curves is None:
+            return None
         with self._writing(CURVES_FILE):
-            return plot_curves(doc, self.folder / CURVES_FILE)
+            return self.draw_curves(doc, self.folder / CURVES_FILE)
 
 
 class _Writing:

@@ -1,7 +1,7 @@
-"""Compiled single-threaded CPU kernels (numba) that :class:`xpdl.numpy_backend.NumpyBackend` runs.
+"""Compiled single-threaded CPU kernels (numba) that :class:`xpdl.backends.numpy_backend.NumpyBackend` runs.
 
 Each kernel does in one or two passes over memory what the reference ``xp``
-code (:class:`xpdl.backend.Backend`, :mod:`xpdl.updater`) does in several; the
+code (:class:`xpdl.backends.Backend`, :mod:`xpdl.updater`) does in several; the
 tests check every kernel against that reference. All multithreading is left
 to the BLAS: after each matrix product its worker threads keep spinning for a
 while, and a second thread pool beside them would stall, so these kernels run

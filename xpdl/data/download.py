@@ -30,8 +30,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from xpdl.atomic import fsync_folder
-from xpdl.data_formats import CIFAR10_PYTHON_DIR, DatasetError, cifar10_batch_names
+from xpdl.runs.atomic import fsync_folder
+from xpdl.data.formats import CIFAR10_PYTHON_DIR, DatasetError, cifar10_batch_names
 
 __all__ = [
     "SOURCES",
@@ -51,7 +51,7 @@ class DownloadError(DatasetError):
     """A download failed: network error, short response, bad checksum or bad archive.
 
     The message names the URL and the problem.  Subclass of
-    :class:`~xpdl.data_formats.DatasetError` so one ``except`` covers every
+    :class:`~xpdl.data.formats.DatasetError` so one ``except`` covers every
     "data not available" condition.
     """
 
@@ -364,7 +364,7 @@ def download_dataset(
 
     def log(message: str) -> None:
         if not quiet:
-            print(f"[xpdl.download] {message}", file=sys.stderr, flush=True)
+            print(f"[xpdl.data.download] {message}", file=sys.stderr, flush=True)
 
     data_dir = Path(data_dir)
     folder = data_dir / source.subdir if source.subdir else data_dir

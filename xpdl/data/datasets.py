@@ -4,7 +4,7 @@ Two stages:
 
 * :func:`load_raw` returns the untouched host arrays of a dataset
   (``uint8`` images, or the ``float64`` 0..16 values of ``digits``, which ship
-  inside the package as ``xpdl/digits.npz``).
+  inside the package as ``xpdl/data/digits.npz``).
 * :func:`prepare` splits a seeded validation set off the training set,
   flattens images to ``(N, D)``, converts to float, divides by the dataset's
   pixel scale (:data:`PIXEL_SCALE`) and subtracts the mean image of the
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from xpdl.data_formats import (
+from xpdl.data.formats import (
     CIFAR10_BINARY_DIR,
     CIFAR10_PYTHON_DIR,
     DatasetError,
@@ -37,7 +37,7 @@ from xpdl.data_formats import (
     read_cifar10_python,
     read_mnist,
 )
-from xpdl.download import SOURCES, download_dataset
+from xpdl.data.download import SOURCES, download_dataset
 
 __all__ = [
     "CLASS_NAMES",
@@ -143,7 +143,7 @@ def read_digits() -> tuple[np.ndarray, np.ndarray]:
         DatasetError: the packaged file is missing or its arrays differ from
             the published checksums (:data:`DIGITS_SHA256`).
     """
-    path = resources.files("xpdl").joinpath(DIGITS_FILE)
+    path = resources.files("xpdl.data").joinpath(DIGITS_FILE)
     try:
         with path.open("rb") as f, np.load(f, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in _DIGITS_SHAPES}

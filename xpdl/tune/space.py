@@ -27,13 +27,10 @@ class SearchSpaceError(ValueError):
 
 
 def train_parser() -> argparse.ArgumentParser:
-    """The ``xpdl train`` subparser of :func:`xpdl.cli.build_parser`."""
-    from xpdl.cli import build_parser
+    """The parser of the training options (:func:`xpdl.training.options.train_parser`)."""
+    from xpdl.training.options import train_parser as parser
 
-    for action in build_parser()._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action.choices["train"]
-    raise RuntimeError("xpdl.cli.build_parser() has no train subcommand")
+    return parser()
 
 
 def train_actions() -> dict[str, argparse.Action]:
@@ -210,6 +207,16 @@ def option_argv(name: str, value: Any, actions: Mapping[str, argparse.Action] | 
     if isinstance(value, (list, tuple)):
         value = ",".join(map(str, value)) or "none"
     return [f"--{name}", repr(value) if isinstance(value, float) else str(value)]
+
+
+def option_value(name: str, value: Any, actions: Mapping[str, argparse.Action] | None = None) -> Any:
+    """The parsed value of option ``name`` for ``value`` (a parsed value or a choice's text)."""
+    action = (train_actions() if actions is None else actions)[name]
+    if is_switch(action):
+        return SWITCH_VALUES[value.lower()] if isinstance(value, str) else bool(value)
+    if isinstance(value, str):
+        return _convert(action, name, value)
+    return list(value) if isinstance(value, tuple) else value
 
 
 def options_argv(values: Mapping[str, Any]) -> list[str]:

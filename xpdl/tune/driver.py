@@ -10,7 +10,7 @@
 
 The study is created once, before any worker starts, and stores its settings.
 Each of the W workers is a separate process (``python -m xpdl tune --worker``,
-:mod:`xpdl.tune_worker`) whose BLAS uses cores / W threads; the process that
+:mod:`xpdl.tune.worker`) whose BLAS uses cores / W threads; the process that
 started them prints a line per finished trial, and at the end writes
 ``DIR/summary.json`` and ``DIR/tune.png`` and prints the best trials.
 :func:`tune` does the same from Python. Optuna is an extra
@@ -32,8 +32,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import xpdl
-from xpdl.tune_space import NOT_TUNABLE, SearchSpaceError, fixed_options, given_fixed, parse_space
+from xpdl.tune.space import fixed_options, given_fixed, parse_space
+from xpdl.version import __version__
 
 INSTALL_HINT = 'Optuna is not installed; install it with pip install "xpdl[tune]" (or pip install optuna)'
 STUDY_FILE = "tune.json"
@@ -47,97 +47,7 @@ class TuneError(Exception):
     """A mistake in how ``xpdl tune`` was called; printed as one line, exit code 2."""
 
 
-# ---------------------------------------------------------------- the parser
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``xpdl tune`` (after ``train``, whose options it takes as fixed values)."""
-    from xpdl.cli import nonnegative_int
-
-    p = subparsers.add_parser(
-        "tune",
-        help="hyperparameter search over xpdl train options (Optuna; parallel workers, many machines)",
-        description="Search xpdl train options with Optuna. Options of xpdl train given here are fixed for "
-        "every trial; --search NAME=LOW..HIGH[:log] or NAME=A/B/C searches one (NAME: the option "
-        "without dashes). Each trial is an xpdl train run under DIR/trials/.",
-    )
-    s = p.add_argument_group("search")
-    s.add_argument(
-        "--search",
-        action="append",
-        metavar="NAME=SPEC",
-        help="a searched option: NAME=LOW..HIGH, NAME=LOW..HIGH:log or NAME=A/B/C (repeatable)",
-    )
-    s.add_argument(
-        "--trials",
-        type=nonnegative_int,
-        metavar="N",
-        help=f"trials in total, finished or running (default {DEFAULT_TRIALS}; with --resume: the new total)",
-    )
-    s.add_argument(
-        "--workers",
-        type=nonnegative_int,
-        metavar="W",
-        help="worker processes on this machine (default: the cores, at most the trials left; "
-        "0: only create or update the study)",
-    )
-    s.add_argument("--sampler", choices=("tpe", "random"), help="Optuna sampler (default tpe, with constant_liar)")
-    s.add_argument("--pruner", choices=("median", "asha", "none"), help="stops poor trials early (default median)")
-    s.add_argument(
-        "--seed",
-        type=nonnegative_int,
-        metavar="S",
-        help="trial N trains with seed S + N; also seeds the samplers (default 0)",
-    )
-    w = p.add_argument_group("study")
-    w.add_argument(
-        "--storage",
-        metavar="URL",
-        help="an SQLAlchemy URL (postgresql+psycopg2://user:pw@host/db) or a journal file (default DIR/journal.log)",
-    )
-    w.add_argument("--study", metavar="NAME", help="study name (default: the name of DIR)")
-    w.add_argument("--out", metavar="DIR", help="folder for the study (default runs/tune-<timestamp>)")
-    w.add_argument("--resume", metavar="DIR", help="continue the study of folder DIR")
-    w.add_argument("--join", metavar="URL", help="work on the existing study --study NAME in storage URL")
-    w.add_argument("--quiet", action="store_true", help="print only the final table")
-    w.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    w.add_argument("--worker-seed", type=nonnegative_int, default=0, help=argparse.SUPPRESS)
-    fixed = p.add_argument_group("xpdl train options (fixed for every trial; see xpdl train --help)")
-    for action in subparsers.choices["train"]._actions:
-        if action.option_strings and action.dest not in NOT_TUNABLE:
-            fixed._add_action(action)
-    return p
-
-
-# ---------------------------------------------------------------- the command
-def cmd_tune(args: argparse.Namespace) -> int:
-    """``xpdl tune``: start, resume or join a study, or (``--worker``) be one of its workers."""
-    try:
-        import optuna  # noqa: F401
-    except ImportError:
-        print(f"xpdl tune: error: {INSTALL_HINT}", file=sys.stderr)
-        return 2
-    try:
-        if getattr(args, "workers", None):
-            from xpdl.launch import LaunchError, check_process_count
-
-            try:
-                check_process_count(args.workers, "--workers")
-            except LaunchError as exc:
-                raise TuneError(str(exc)) from None
-        if args.worker:
-            from xpdl.tune_worker import run_worker
-
-            return run_worker(args.storage, args.study, args.out, args.worker_seed)
-        if args.resume:
-            return _resume(args)
-        if args.join:
-            return _join(args)
-        return _start(args)
-    except (TuneError, SearchSpaceError) as exc:
-        print(f"xpdl tune: error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _start(args: argparse.Namespace) -> int:
+def start(args: argparse.Namespace) -> int:
     fixed = given_fixed(args)
     out, spec, name = new_study(
         args.search or [],
@@ -153,8 +63,8 @@ def _start(args: argparse.Namespace) -> int:
     return drive(out, spec, name, args.workers, args.quiet)
 
 
-def _resume(args: argparse.Namespace) -> int:
-    from xpdl import tune_study as ts
+def resume(args: argparse.Namespace) -> int:
+    from xpdl.tune import study as ts
 
     given = [
         f"--{k}"
@@ -183,8 +93,8 @@ def _resume(args: argparse.Namespace) -> int:
     return drive(out, spec, name, args.workers, args.quiet)
 
 
-def _join(args: argparse.Namespace) -> int:
-    from xpdl import tune_study as ts
+def join(args: argparse.Namespace) -> int:
+    from xpdl.tune import study as ts
 
     if not args.study:
         raise TuneError("--join needs --study NAME, the study to work on")
@@ -224,7 +134,7 @@ def new_study(
     """
     from optuna.exceptions import DuplicatedStudyError
 
-    from xpdl import tune_study as ts
+    from xpdl.tune import study as ts
 
     space = parse_space(search, fixed)
     trials = DEFAULT_TRIALS if trials is None else trials
@@ -252,7 +162,7 @@ def new_study(
         "pruner": pruner,
         "seed": int(seed),
         "trials": int(trials),
-        "xpdl_version": xpdl.__version__,
+        "xpdl_version": __version__,
     }
     try:
         ts.create_study(ts.open_storage(spec), name, config)
@@ -278,7 +188,7 @@ def _remove_if_empty(folder: Path, created: list[Path]) -> None:
 
 def write_study_file(folder: Path, spec: str, name: str) -> None:
     """Write ``DIR/tune.json``: where the study is (storage spec, study name)."""
-    from xpdl.history import write_json
+    from xpdl.runs.history import write_json
 
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / STUDY_FILE, {"storage": spec, "study": name})
@@ -298,7 +208,7 @@ def read_study_file(folder: str | os.PathLike[str]) -> tuple[Path, str, str]:
 
 def open_study(spec: str, name: str) -> Any:
     """The study ``name`` in storage ``spec``, checked to hold ``xpdl tune`` settings."""
-    from xpdl import tune_study as ts
+    from xpdl.tune import study as ts
 
     try:
         study = ts.load_study(ts.open_storage(spec), name)
@@ -323,10 +233,10 @@ def _safe_url(spec: str) -> str:
 # ---------------------------------------------------------------- workers
 def worker_environment(count: int) -> dict[str, str]:
     """This process's environment for one of ``count`` workers: cores / count BLAS and numba threads."""
-    from xpdl.launch import thread_environment
+    from xpdl.parallel.launch import thread_environment
 
     env = {**os.environ, **thread_environment(count, os.cpu_count() or 1)}
-    package_root = str(Path(xpdl.__file__).resolve().parents[1])
+    package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     return env
 
@@ -378,8 +288,8 @@ def drive(out: Path, spec: str, name: str, workers: int | None, quiet: bool, joi
     Returns:
         0, 1 if a worker failed, 130 after Ctrl-C (saying how to resume).
     """
-    from xpdl import tune_report as tr
-    from xpdl import tune_study as ts
+    from xpdl.tune import report as tr
+    from xpdl.tune import study as ts
 
     study = open_study(spec, name)
     config = ts.study_config(study)
@@ -450,8 +360,8 @@ def _sigterm_as_interrupt() -> Any:
 
 
 def _print_new(study: Any, seen: set[int], quiet: bool) -> set[int]:
-    from xpdl import tune_report as tr
-    from xpdl import tune_study as ts
+    from xpdl.tune import report as tr
+    from xpdl.tune import study as ts
 
     new = [t for t in ts.visible(study.get_trials(deepcopy=False, states=ts.FINISHED)) if t.number not in seen]
     for trial in sorted(new, key=lambda t: t.datetime_complete or t.datetime_start):

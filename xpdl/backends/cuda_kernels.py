@@ -1,4 +1,4 @@
-"""CUDA kernels that :class:`xpdl.cupy_backend.CupyBackend` runs. Imports cleanly without CuPy.
+"""CUDA kernels that :class:`xpdl.backends.cupy_backend.CupyBackend` runs. Imports cleanly without CuPy.
 
 Kernels compile on first use.
 

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from xpdl.atomic import atomic_write
-from xpdl.history import write_json
-from xpdl.tune_space import SearchParam
+from xpdl.runs.atomic import atomic_write
+from xpdl.runs.history import write_json
+from xpdl.tune.space import SearchParam
 
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "tune.png"

@@ -1,4 +1,4 @@
-"""Every backend decision lives here: which array library runs the math, on which device.
+"""The :class:`Backend` base class: one array library on one device, and the reference math of a step.
 
 A :class:`Backend` bundles an array namespace ``xp`` (array-api-compat's wrapper of
 NumPy or CuPy, or ``array_api_strict``), the device its arrays live on, and the few
@@ -21,9 +21,7 @@ The default name comes from the ``XPDL_BACKEND`` environment variable, else ``"a
 
 from __future__ import annotations
 
-import math
 import os
-import sys
 from typing import Any
 
 import array_api_compat
@@ -31,6 +29,7 @@ import numpy as np
 
 from xpdl.bn_layers import NORMALIZATIONS
 from xpdl.dropout_layers import dropout_backward, dropout_forward
+from xpdl.host import dtype_name, to_numpy
 from xpdl.layers import (
     affine_backward,
     affine_forward,
@@ -39,9 +38,7 @@ from xpdl.layers import (
     relu_forward,
     softmax_loss,
 )
-
-BACKEND_NAMES = ("auto", "numpy", "cupy", "cupy:N", "array_api_strict")
-CUDA_INSTALL_HINT = 'pip install "xpdl[cuda12]" (CUDA 12) or "xpdl[cuda13]" (CUDA 13)'
+from xpdl.rng import host_philox_uint32
 
 
 class BackendUnavailable(RuntimeError):
@@ -54,8 +51,8 @@ class Backend:
     This base class runs every namespace (``array_api_strict`` runs exactly these
     methods): host/device copies, Philox random words, the hidden layer's
     forward/backward composed from the functional layers, the L2 term and the
-    update rules' reference steps. :class:`xpdl.numpy_backend.NumpyBackend` and
-    :class:`xpdl.cupy_backend.CupyBackend` override the hot methods with compiled
+    update rules' reference steps. :class:`xpdl.backends.numpy_backend.NumpyBackend` and
+    :class:`xpdl.backends.cupy_backend.CupyBackend` override the hot methods with compiled
     kernels that compute the same numbers (tested against these).
 
     Attributes:
@@ -113,7 +110,7 @@ class Backend:
             ns = array_api_compat.array_namespace(arr)
         except TypeError:
             return False
-        if _namespace_key(ns) != _namespace_key(self.xp):
+        if namespace_key(ns) != namespace_key(self.xp):
             return False
         return array_api_compat.device(arr) == self.device
 
@@ -131,16 +128,8 @@ class Backend:
 
     # ---------------------------------------------------------------- randomness
     def philox_uint32(self, key: int, counter: int, shape: tuple[int, ...]) -> Any:
-        """uint32 Philox4x64-10 words of ``shape`` on this device: block j encrypts ``counter + 1 + j``.
-
-        The stream layout is described in :mod:`xpdl.rng`; here NumPy's own Philox
-        makes them on the host and they are copied.
-        """
-        n = math.prod(shape)
-        blocks = -(-n // 8)
-        raw = np.random.Philox(key=key, counter=counter).random_raw(blocks * 4)
-        words = raw.astype("<u8", copy=False).view("<u4")[:n].reshape(shape)
-        return self.asarray(words)
+        """uint32 Philox4x64-10 words of ``shape`` on this device (:func:`xpdl.rng.host_philox_uint32`, copied)."""
+        return self.asarray(host_philox_uint32(key, counter, shape))
 
     # ---------------------------------------------------------------- a training step
     def hidden_forward(
@@ -243,44 +232,6 @@ class Backend:
         return None
 
 
-def dtype_name(dtype: Any) -> str:
-    """The standard name (``"float32"``) of a dtype of any namespace."""
-    text = str(dtype)
-    for name in (
-        "float64",
-        "float32",
-        "float16",
-        "uint64",
-        "uint32",
-        "uint16",
-        "uint8",
-        "int64",
-        "int32",
-        "int16",
-        "int8",
-        "bool",
-    ):
-        if text.endswith(name) or text == f"<class 'numpy.{name}'>" or text.endswith(f"{name}'>"):
-            return name
-    try:
-        return np.dtype(dtype).name
-    except TypeError:
-        raise TypeError(f"dtype: expected a dtype or dtype name, got {dtype!r}") from None
-
-
-def to_numpy(arr: Any) -> np.ndarray:
-    """A host NumPy copy (or view) of an array of any supported namespace."""
-    if isinstance(arr, np.ndarray):
-        return arr
-    if hasattr(arr, "get") and type(arr).__module__.startswith("cupy"):
-        return arr.get()
-    if type(arr).__module__.startswith("array_api_strict"):
-        import array_api_strict
-
-        return np.asarray(array_api_strict.asarray(arr, device=array_api_strict.Device("CPU_DEVICE"))._array)
-    return np.asarray(arr)
-
-
 def cpu_name() -> str:
     """The CPU model name from /proc/cpuinfo, or the platform's processor string."""
     try:
@@ -295,192 +246,10 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def _namespace_key(ns: Any) -> str:
+def namespace_key(ns: Any) -> str:
+    """``"numpy"``, ``"cupy"`` or ``"array_api_strict"`` for a namespace (its module name otherwise)."""
     name = getattr(ns, "__name__", "")
     for key in ("cupy", "array_api_strict", "numpy"):
         if key in name:
             return key
     return name
-
-
-def numpy_backend() -> Backend:
-    """NumPy on the CPU, with the compiled CPU kernels."""
-    from xpdl.numpy_backend import NumpyBackend
-
-    return NumpyBackend()
-
-
-def strict_backend() -> Backend:
-    """The Array API strict reference namespace on its CPU device."""
-    try:
-        import array_api_strict
-    except ImportError as exc:
-        raise BackendUnavailable(
-            "backend 'array_api_strict' needs the array-api-strict package: pip install \"xpdl[test]\""
-        ) from exc
-    return Backend(
-        "array_api_strict", array_api_strict, array_api_strict.Device("CPU_DEVICE"), "array_api_strict asked for"
-    )
-
-
-def cupy_backend(device_id: int = 0) -> Backend:
-    """CuPy on CUDA device ``device_id``; raises :class:`BackendUnavailable` saying why not."""
-    cupy = _import_cupy()
-    why = cuda_problem(cupy, device_id)
-    if why:
-        raise BackendUnavailable(f"backend 'cupy:{device_id}' cannot run here: {why}")
-    from xpdl.cupy_backend import CupyBackend
-
-    return CupyBackend(cupy, device_id)
-
-
-def _import_cupy() -> Any:
-    try:
-        import cupy
-    except ImportError as exc:
-        raise BackendUnavailable(f"CuPy is not installed ({exc}); install it with {CUDA_INSTALL_HINT}") from exc
-    except Exception as exc:  # a broken CUDA library raises all sorts of errors at import
-        raise BackendUnavailable(f"CuPy failed to import: {type(exc).__name__}: {exc}") from exc
-    return cupy
-
-
-def cuda_problem(cupy: Any, device_id: int = 0) -> str:
-    """Why CUDA device ``device_id`` cannot run a small CuPy operation; ``""`` when it can."""
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:
-        return f"the CUDA driver or runtime failed: {type(exc).__name__}: {exc}"
-    if count == 0:
-        return "no CUDA device is visible"
-    if not 0 <= device_id < count:
-        return f"device {device_id} asked for, but only devices 0..{count - 1} exist"
-    try:
-        with cupy.cuda.Device(device_id):
-            value = int((cupy.arange(4, dtype=cupy.int32) * 2).sum())
-    except Exception as exc:
-        return f"a test operation on CUDA device {device_id} failed: {type(exc).__name__}: {exc}"
-    if value != 12:
-        return f"a test operation on CUDA device {device_id} returned {value}, expected 12"
-    return ""
-
-
-def probe_cupy(device_id: int = 0) -> str:
-    """Why CuPy on ``device_id`` is not usable here; ``""`` when it is."""
-    try:
-        cupy = _import_cupy()
-    except BackendUnavailable as exc:
-        return str(exc)
-    return cuda_problem(cupy, device_id)
-
-
-_CACHE: dict[str, Backend] = {}
-_ANNOUNCED: set[str] = set()
-
-
-ENV_VARIABLE = "XPDL_BACKEND"
-
-
-def default_backend_name() -> str:
-    """The backend name ``XPDL_BACKEND`` asks for (checked), else ``"auto"``.
-
-    Raises:
-        ValueError: the variable holds no known backend name; the message names the variable.
-    """
-    text = os.environ.get(ENV_VARIABLE, "").strip()
-    if not text:
-        return "auto"
-    return parse_backend_name(text, source=ENV_VARIABLE)
-
-
-def parse_backend_name(name: Any, source: str = "backend") -> str:
-    """The canonical form of a backend name (``"numpy"``, ``"cupy:1"``, ...); the one parser of names.
-
-    ``source`` names where the name came from in the error (``"backend"``, ``"--backend"``,
-    ``"XPDL_BACKEND"``).
-
-    Raises:
-        TypeError: ``name`` is not a string.
-        ValueError: not one of :data:`BACKEND_NAMES` (``cupy:N`` with an integer N >= 0).
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"{source}: expected a backend name {BACKEND_NAMES} or a Backend, got {type(name).__name__}")
-    key = name.strip().lower()
-    if key in ("auto", "numpy", "cupy", "array_api_strict"):
-        return key
-    if key.startswith("cupy:"):
-        digits = key.split(":", 1)[1]
-        if digits.isdigit():
-            return f"cupy:{int(digits)}"
-    raise ValueError(f"{source}: expected one of {', '.join(BACKEND_NAMES)} (N an integer >= 0), got {name!r}")
-
-
-def get_backend(name: str | Backend | None = None) -> Backend:
-    """The :class:`Backend` for ``name`` (see the module docstring); cached per name.
-
-    ``None`` reads ``XPDL_BACKEND``, defaulting to ``"auto"``. A Backend passes through.
-    """
-    if isinstance(name, Backend):
-        return name
-    key = default_backend_name() if name is None else parse_backend_name(name)
-    if key not in _CACHE:
-        _CACHE[key] = _make_backend(key)
-    return _CACHE[key]
-
-
-def _make_backend(key: str) -> Backend:
-    if key == "numpy":
-        return numpy_backend()
-    if key == "array_api_strict":
-        return strict_backend()
-    if key == "auto":
-        return _auto_backend()
-    return cupy_backend(0 if key == "cupy" else int(key.split(":", 1)[1]))
-
-
-def _auto_backend() -> Backend:
-    why = probe_cupy(0)
-    if not why:
-        backend = cupy_backend(0)
-        backend.reason = "auto: CuPy imports and CUDA device 0 works"
-    else:
-        backend = numpy_backend()
-        backend.reason = f"auto: using NumPy on the CPU because {why}"
-    announce(backend.reason)
-    return backend
-
-
-def announce(message: str) -> None:
-    """Print ``message`` to stderr once per process (silenced by ``XPDL_QUIET=1``)."""
-    if message in _ANNOUNCED or os.environ.get("XPDL_QUIET") == "1":
-        return
-    _ANNOUNCED.add(message)
-    print(f"xpdl: {message}", file=sys.stderr)
-
-
-def backend_of(arr: Any) -> Backend:
-    """The backend whose namespace and device array ``arr`` belongs to."""
-    if type(arr) is np.ndarray:
-        return _CACHE.get("numpy") or get_backend("numpy")
-    key = _namespace_key(array_api_compat.array_namespace(arr))
-    if key == "cupy":
-        return get_backend(f"cupy:{arr.device.id}")
-    if key in ("numpy", "array_api_strict"):
-        return get_backend(key)
-    raise TypeError(f"arr: expected a NumPy, CuPy or array_api_strict array, got {type(arr).__name__}")
-
-
-def describe_paths() -> str:
-    """One line naming the training-step implementation of each kind of backend."""
-    return "CPU: numpy-fused (numba); CuPy: cupy-fused-update; others: reference xp"
-
-
-def available_backends() -> dict[str, str]:
-    """Each backend name mapped to ``""`` when it works here, else the reason it does not."""
-    out = {"numpy": ""}
-    try:
-        strict_backend()
-        out["array_api_strict"] = ""
-    except BackendUnavailable as exc:
-        out["array_api_strict"] = str(exc)
-    out["cupy"] = probe_cupy(0)
-    return out

@@ -4,7 +4,7 @@ The format knows arrays and metadata, not a model class or datasets: what the
 metadata must describe (how to check an architecture config, the arrays it
 implies, the update rules, the dataset names, the run settings) comes in a
 :class:`CheckpointSpec` from the code that knows the model
-(:data:`xpdl.net_checkpoint.SPEC` for :class:`xpdl.FullyConnectedNet`).
+(:data:`xpdl.runs.net_checkpoint.SPEC` for :class:`xpdl.FullyConnectedNet`).
 
 File layout (format ``"xpdl-checkpoint"``, version :data:`FORMAT_VERSION`): a zip
 archive of uncompressed ``.npy`` entries, as :func:`numpy.savez` writes it.
@@ -27,7 +27,7 @@ archive of uncompressed ``.npy`` entries, as :func:`numpy.savez` writes it.
 A file is untrusted input. :func:`load_checkpoint` never unpickles and never
 inflates: it reads the zip directory first (entry names, sizes, compression),
 then ``meta.json`` alone (at most :data:`MAX_META_BYTES`), checks the whole
-document against one declared schema (:mod:`xpdl.schema`) and the config with the
+document against one declared schema (:mod:`xpdl.runs.schema`) and the config with the
 spec (allocating nothing), derives every array's name, shape and dtype from the
 architecture, checks the manifest and the directory against that, and only then
 reads the arrays, each exactly its size (so memory is bounded by the file's size
@@ -35,7 +35,7 @@ and by what the architecture implies), checking CRC-32 and finiteness. Any
 problem raises :class:`CheckpointError` naming the file and the field, before
 anything is built or changed.
 
-Files are written atomically (:func:`xpdl.atomic.atomic_write`): a crash or
+Files are written atomically (:func:`xpdl.runs.atomic.atomic_write`): a crash or
 ``SIGKILL`` during a save leaves the previous file intact.
 """
 
@@ -55,8 +55,8 @@ from typing import Any
 
 import numpy as np
 
-from xpdl.atomic import atomic_write
-from xpdl.schema import (
+from xpdl.runs.atomic import atomic_write
+from xpdl.runs.schema import (
     AnyJSON,
     Check,
     Int,
@@ -173,7 +173,7 @@ def _write(
     mean_image = preprocessing.pop("mean_image", None)
     if mean_image is not None:
         arrays["preprocessing/mean_image"] = np.asarray(mean_image)
-    from xpdl import __version__
+    from xpdl.version import __version__
 
     doc = {
         "format": FORMAT_NAME,

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from xpdl.distributed import MPI_INSTALL_HINT
+from xpdl.parallel.distributed import MPI_INSTALL_HINT
 
 #: The thread-count variables of the BLAS, OpenMP and numba runtimes NumPy and xpdl may use.
 THREAD_VARIABLES = (

@@ -1,9 +1,9 @@
 """CuPy on one CUDA device: device copies, Philox words made on the device, and fused update kernels.
 
-:class:`CupyBackend` overrides the reference methods of :class:`xpdl.backend.Backend`
-where a CUDA kernel (:mod:`xpdl.cuda_kernels`) does the same work in one pass:
+:class:`CupyBackend` overrides the reference methods of :class:`xpdl.backends.Backend`
+where a CUDA kernel (:mod:`xpdl.backends.cuda_kernels`) does the same work in one pass:
 random words for dropout (no host mask is copied each step) and each update
-rule with a body in :data:`xpdl.cuda_kernels.UPDATE_BODIES` (one in-place
+rule with a body in :data:`xpdl.backends.cuda_kernels.UPDATE_BODIES` (one in-place
 kernel per parameter). The forward and backward passes are the reference ones,
 run on the GPU. This module imports CuPy only through the object passed in.
 """
@@ -14,12 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from xpdl import cuda_kernels
-from xpdl.backend import Backend, to_numpy
+from xpdl.backends import cuda_kernels
+from xpdl.backends.base import Backend
+from xpdl.host import to_numpy
+from xpdl.rng import register_word_source
 
 
 class CupyBackend(Backend):
-    """CuPy on CUDA device ``device_id`` (built by :func:`xpdl.backend.cupy_backend`, which checks it works)."""
+    """CuPy on CUDA device ``device_id`` (built by :func:`xpdl.backends.cupy_backend`, which checks it works)."""
 
     is_gpu = True
     step_path = "cupy-fused-update"
@@ -31,6 +33,7 @@ class CupyBackend(Backend):
             f"cupy:{device_id}", array_api_compat.cupy, cupy.cuda.Device(device_id), f"cupy:{device_id} asked for"
         )
         self._cupy = cupy
+        register_word_source(self.owns, self.philox_uint32)  # dropout draws CuPy arrays' words on the device
 
     def asarray(self, obj: Any, dtype: Any = None) -> Any:
         if dtype is not None:

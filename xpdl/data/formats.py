@@ -9,7 +9,7 @@ Every reader returns plain NumPy host arrays without any preprocessing:
 Dataset files are untrusted input. Each reader bounds its work and memory by
 what the format can hold before it reads the bulk of a file: a CIFAR-10 batch
 has at most :data:`CIFAR10_MAX_ROWS` rows, its pickle is read by
-:mod:`xpdl.pickle_subset` (no code runs, only integer arrays come out), and an
+:mod:`xpdl.data.pickle_subset` (no code runs, only integer arrays come out), and an
 IDX header is checked against the known sizes of the dataset before anything
 past the header is decompressed.
 
@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from xpdl.pickle_subset import ArrayBuilder, PickleRefused, load_pickle_subset
+from xpdl.data.pickle_subset import ArrayBuilder, PickleRefused, load_pickle_subset
 
 __all__ = [
     "CIFAR10_BINARY_DIR",
@@ -229,7 +229,7 @@ def read_cifar10_python(
         DatasetError: a file is missing, truncated, malformed or oversized, or
             holds anything but plain values and integer arrays (no code in a
             pickle runs and no global it names is imported; see
-            :mod:`xpdl.pickle_subset`).
+            :mod:`xpdl.data.pickle_subset`).
     """
     paths = _cifar_batch_paths(Path(folder), "", CIFAR10_PYTHON_DIR)
     parts = [_cifar_python_batch(p) for p in paths]
@@ -442,7 +442,7 @@ def read_mnist(
             distributions).
         dataset: dataset name used in the "how to get the data" hint of errors.
         compressed_only: read only the ``.gz`` files (the ones
-            :func:`xpdl.download.download_dataset` verifies).
+            :func:`xpdl.data.download.download_dataset` verifies).
 
     Returns:
         ``(X_train, y_train, X_test, y_test)``: images uint8 ``(N, 28, 28)``
