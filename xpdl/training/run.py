@@ -400,7 +400,7 @@ def _session(
 
 
 class CallbackFailed(Exception):
-    """Carries an exception raised by :func:`train_main`'s ``epoch_callback`` past the error handling."""
+    """Carries an exception raised by :func:`train`'s ``epoch_callback`` past the error handling."""
 
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))

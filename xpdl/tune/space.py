@@ -4,8 +4,8 @@ A spec names an ``xpdl train`` option without its dashes and gives either a rang
 ``LOW..HIGH`` (optionally ``:log``), whose bounds are parsed with the option's own
 argparse type (an int option gives an integer range, a float option a float
 range), or choices ``A/B/C``, each checked with the option's type or choices.
-Types and choices come from the ``xpdl train`` parser itself
-(:func:`xpdl.cli.build_parser`), so a new train option is searchable without
+Types and choices come from the training options themselves
+(:func:`xpdl.training.options.add_train_options`), so a new train option is searchable without
 changes here. Nothing in this module imports Optuna.
 """
 
