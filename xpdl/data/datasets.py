@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from xpdl.data.download import SOURCES, download_dataset
 from xpdl.data.formats import (
     CIFAR10_BINARY_DIR,
     CIFAR10_PYTHON_DIR,
@@ -37,7 +38,6 @@ from xpdl.data.formats import (
     read_cifar10_python,
     read_mnist,
 )
-from xpdl.data.download import SOURCES, download_dataset
 
 __all__ = [
     "CLASS_NAMES",

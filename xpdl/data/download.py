@@ -30,8 +30,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from xpdl.runs.atomic import fsync_folder
 from xpdl.data.formats import CIFAR10_PYTHON_DIR, DatasetError, cifar10_batch_names
+from xpdl.runs.atomic import fsync_folder
 
 __all__ = [
     "SOURCES",

@@ -11,8 +11,8 @@ diverged or stopped run) ``history.json`` and ``curves.png``.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np

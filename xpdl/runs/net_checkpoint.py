@@ -21,9 +21,9 @@ import os
 from typing import Any
 
 from xpdl import updater
+from xpdl.fc_net import FullyConnectedNet, check_config, state_shapes
 from xpdl.runs import checkpoint
 from xpdl.runs.checkpoint import CheckpointError, CheckpointSpec, restore_trainer, save_checkpoint, save_model
-from xpdl.fc_net import FullyConnectedNet, check_config, state_shapes
 
 __all__ = [
     "SPEC",
