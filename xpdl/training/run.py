@@ -33,6 +33,7 @@ from xpdl.fc_net import FullyConnectedNet
 from xpdl.parallel import distributed
 from xpdl.progress import Progress, choose_mode
 from xpdl.runs import CheckpointError, RunFolder, RunFolderError, build_model, load_checkpoint, restore_trainer
+from xpdl.runs.atomic import WriteError
 from xpdl.runs.folder import describe_os_error
 from xpdl.runs.history import RunRecorder
 from xpdl.trainer import Trainer
@@ -614,6 +615,11 @@ def run_command(command: str, run: Callable[[], int], quiet: bool = False) -> in
     except BrokenPipeError:  # whatever read the output stopped reading (xpdl evaluate RUN | head): no traceback
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter's final flush must not fail again
         return 141
+    except OSError as exc:  # a file that cannot be written (WriteError names it) or read
+        print(
+            f"xpdl {command}: error: {exc if isinstance(exc, WriteError) else describe_os_error(exc)}", file=sys.stderr
+        )
+        return 2
 
 
 @contextlib.contextmanager

@@ -245,7 +245,16 @@ def start_workers(out: Path, spec: str, name: str, count: int, seeds: list[int])
     """Start ``count`` worker processes, cores / count BLAS threads each; their output goes to ``DIR/logs/``."""
     env = worker_environment(count)
     logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        for k in range(count):  # every log can be written before any worker starts
+            with open(logs / f"worker-{k}.log", "ab"):
+                pass
+    except OSError as exc:
+        raise TuneError(
+            f"{exc.filename or logs}: cannot write the workers' logs: {exc.strerror or exc}; "
+            f"nothing was started, continue with xpdl tune --resume {out} once fixed"
+        ) from None
     procs = []
     for k in range(count):
         cmd = [
