@@ -307,6 +307,8 @@ def test_a_malformed_journal_is_refused_in_one_line_and_left_as_it_was(tmp_path,
 def test_a_malformed_history_json_is_refused_in_one_line(trained, tmp_path, capsys):
     import shutil
 
+    from xpdl import plots
+
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     for content in ("[]", '{"loss_history": 3}', "nan", "{" * 100000):
@@ -314,7 +316,7 @@ def test_a_malformed_history_json_is_refused_in_one_line(trained, tmp_path, caps
         code, _, err = run_cli(capsys, "info", str(run))
         assert "Traceback" not in err
         with pytest.raises(Exception) as info:
-            xpdl.plots.history(run)
+            plots.history(run)
         assert "history.json" in str(info.value) or "source" in str(info.value)
 
 
@@ -325,14 +327,15 @@ def test_a_journal_cut_off_mid_record_is_repaired_on_resume_and_the_original_kep
     journal = folder / "journal.log"
     whole = journal.read_bytes()
     journal.write_bytes(whole[:-7])  # a crash during the last write
-    assert journal_trials(folder) == 2  # still readable: Optuna skips the partial line
+    readable = journal_trials(folder)  # still readable: Optuna stops at the partial line
+    assert readable >= 1
     code, out, err = run_cli(capsys, "tune", "--resume", str(folder), "--trials", "3", "--workers", "0")
     assert code == 0, err
     assert "journal.log" in err and "backup" in err.lower()
     backups = list(folder.glob("journal.log.*"))
     assert [p.read_bytes() for p in backups if p.suffix != ".lock"] == [whole[:-7]]
     assert journal.read_bytes().endswith(b"\n")
-    assert journal_trials(folder) >= 1  # readable, and the complete records are kept
+    assert journal_trials(folder) == readable  # readable, and every complete record is kept
     code, _, err = run_cli(capsys, "tune", "--resume", str(folder), "--workers", "0")
     assert code == 0, err
 

@@ -77,13 +77,15 @@ def resume(args: argparse.Namespace) -> int:
             f"--quiet may be given, got {', '.join(given)}"
         )
     out, spec, name = read_study_file(args.resume)
+    if not ts.is_database_url(spec):  # a journal: nobody else works on it, so its file lock is stale
+        Path(spec + ".lock").unlink(missing_ok=True)
+        checked_journal(spec, "--resume " + str(args.resume))
     study = open_study(spec, name)
     if args.trials is not None:
         ts.set_budget(study, args.trials)
     if ts.is_database_url(spec):
         ts.fail_stale(study)
-    else:  # a journal: nobody else works on it, so a running trial's worker is gone, and so is its file lock
-        Path(spec + ".lock").unlink(missing_ok=True)
+    else:  # a journal: nobody else works on it, so a running trial's worker is gone
         dead = ts.recover(study, "its worker was gone when the study was resumed")
         if dead and not args.quiet:
             print(
@@ -106,6 +108,8 @@ def join(args: argparse.Namespace) -> int:
             f"--join works with the study's saved settings; only --workers, --out and --quiet "
             f"may be given, got {', '.join(given)}"
         )
+    if not ts.is_database_url(args.join):
+        checked_journal(args.join, "--join", locked=True)
     study = open_study(args.join, args.study)
     ts.fail_stale(study)
     out = Path(args.out or Path("runs") / f"tune-{args.study}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -194,16 +198,73 @@ def write_study_file(folder: Path, spec: str, name: str) -> None:
     write_json(folder / STUDY_FILE, {"storage": spec, "study": name})
 
 
+#: A ``tune.json`` is a few hundred bytes; anything beyond this is not one.
+MAX_STUDY_FILE_BYTES = 1 << 20
+
+
 def read_study_file(folder: str | os.PathLike[str]) -> tuple[Path, str, str]:
-    """(folder, storage spec, study name) from ``DIR/tune.json``."""
+    """(folder, storage spec, study name) from ``DIR/tune.json``; TuneError in one line if it is not one."""
     path = Path(folder) / STUDY_FILE
     try:
+        if path.stat().st_size > MAX_STUDY_FILE_BYTES:
+            raise ValueError(f"larger than {MAX_STUDY_FILE_BYTES} bytes")
         doc = json.loads(path.read_text(encoding="utf-8"))
-        return Path(folder), doc["storage"], doc["study"]
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:200]
+        raise TuneError(f"--resume {folder}: no readable {path} ({reason}); not a folder made by xpdl tune?") from None
+    if not (
+        isinstance(doc, dict)
+        and isinstance(doc.get("storage"), str)
+        and isinstance(doc.get("study"), str)
+        and doc["storage"]
+        and doc["study"]
+    ):
         raise TuneError(
-            f"--resume {folder}: no readable {STUDY_FILE} ({exc}); not a folder made by xpdl tune?"
-        ) from None
+            f"--resume {folder}: {path} is not a study file: expected a JSON object with the strings "
+            '"storage" and "study", got ' + _shape(doc)
+        )
+    return Path(folder), doc["storage"], doc["study"]
+
+
+def _shape(doc: Any) -> str:
+    """What a JSON document is, in a few words (``a list``, ``an object with keys storage, study``)."""
+    if isinstance(doc, dict):
+        return f"an object with keys {', '.join(map(str, list(doc)[:10])) or '(none)'}" + (
+            f" ({', '.join(f'{k}: {type(v).__name__}' for k, v in list(doc.items())[:4])})" if doc else ""
+        )
+    return {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(type(doc), "a number")
+
+
+def checked_journal(spec: str, option: str, locked: bool = False) -> None:
+    """Check the journal ``spec`` before anything is written to it (:func:`xpdl.tune.journal.check_journal`).
+
+    A cut-off last record is repaired (with a backup, said on stderr); a missing or
+    damaged journal is a TuneError and nothing is created or changed. ``locked``: hold
+    the journal's file lock meanwhile (other machines may be writing to it).
+    """
+    from xpdl.tune.journal import JournalDamaged, check_journal
+
+    if not Path(spec).is_file():
+        raise TuneError(
+            f"{option}: {spec}: no such journal file" + (" (it is a folder)" if Path(spec).is_dir() else "")
+        )
+    lock = None
+    if locked:
+        from optuna.storages.journal import JournalFileSymlinkLock
+
+        lock = JournalFileSymlinkLock(spec)
+        lock.acquire()
+    try:
+        note = check_journal(spec)
+    except JournalDamaged as exc:
+        raise TuneError(f"{option}: {exc}") from None
+    except OSError as exc:
+        raise TuneError(f"{option}: {spec}: cannot check the journal: {exc}") from None
+    finally:
+        if lock is not None:
+            lock.release()
+    if note:
+        print(f"xpdl tune: warning: {note}", file=sys.stderr)
 
 
 def open_study(spec: str, name: str) -> Any:
