@@ -18,6 +18,8 @@ from typing import Any
 
 #: ``xpdl train`` options that ``xpdl tune`` sets itself (per trial, or as its own options).
 NOT_TUNABLE = ("help", "out", "resume", "quiet", "seed")
+#: At most this many choices in one ``--search NAME=A/B/C`` (a search over more is a mistake).
+MAX_CHOICES = 1000
 #: Spellings of the two values of an on/off option (``--batchnorm`` / ``--no-batchnorm``).
 SWITCH_VALUES = {"on": True, "true": True, "yes": True, "off": False, "false": False, "no": False}
 
@@ -117,6 +119,8 @@ def parse_search(text: str, actions: Mapping[str, argparse.Action] | None = None
     action = actions[name]
     if ".." in spec:
         return _parse_range(name, spec, action)
+    if spec.count("/") >= MAX_CHOICES:
+        raise SearchSpaceError(f"--search {name}: expected at most {MAX_CHOICES} choices, got {spec.count('/') + 1}")
     choices = tuple(c.strip() for c in spec.split("/"))
     if any(not c for c in choices) or len(set(choices)) != len(choices):
         raise SearchSpaceError(f"--search {name}: expected distinct non-empty choices A/B/C, got {spec!r}")
