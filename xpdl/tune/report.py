@@ -35,9 +35,16 @@ def seconds(trial: Any) -> float | None:
     return (trial.datetime_complete - trial.datetime_start).total_seconds()
 
 
+#: How a parameter is shown where its option name would mislead: ``--dropout`` is a keep probability.
+DISPLAY_NAMES = {"dropout": "dropout-keep"}
+
+
 def format_params(params: dict[str, Any]) -> str:
-    """E.g. ``lr=0.00123 hidden-dims=256,256``."""
-    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    """E.g. ``lr=0.00123 hidden-dims=256,256 dropout-keep=0.651`` (``--dropout`` is the keep probability)."""
+    return " ".join(
+        f"{DISPLAY_NAMES.get(k, k)}={v:.3g}" if isinstance(v, float) else f"{DISPLAY_NAMES.get(k, k)}={v}"
+        for k, v in params.items()
+    )
 
 
 def progress_line(trial: Any) -> str:

@@ -78,7 +78,11 @@ class Objective:
         options.setdefault("split-seed", self.config["seed"])  # every trial is scored on the same validation split
         print(f"trial {trial.number}: xpdl train {' '.join(self.command_line(params, options))}", flush=True)
         run = TrainingRun.from_options(options)
-        code = train(run, epoch_callback=lambda trainer: self.report(trial, trainer))
+        try:
+            code = train(run, epoch_callback=lambda trainer: self.report(trial, trainer))
+        except optuna.TrialPruned as exc:  # the run folder is finished; say so, as a completed run does
+            print(f"trial {trial.number}: pruned after {exc}; run folder {folder}", flush=True)
+            raise
         sys.stdout.flush()
         if code == 0:
             return float(json.loads((folder / "history.json").read_text())["best_val_acc"])
@@ -108,7 +112,7 @@ class Objective:
         """After an epoch: report its validation accuracy; raise TrialPruned if the pruner says so."""
         trial.report(float(trainer.val_acc_history[-1]), int(trainer.epoch))
         if trial.should_prune():
-            raise optuna.TrialPruned(f"epoch {trainer.epoch}: val acc {trainer.val_acc_history[-1]:.4f}")
+            raise optuna.TrialPruned(f"epoch {trainer.epoch} (val acc {trainer.val_acc_history[-1]:.4f})")
 
 
 def _preload() -> None:
