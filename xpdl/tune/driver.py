@@ -49,6 +49,7 @@ class TuneError(Exception):
 
 def start(args: argparse.Namespace) -> int:
     fixed = given_fixed(args)
+    check_before_workers(fixed)
     out, spec, name = new_study(
         args.search or [],
         fixed,
@@ -61,6 +62,33 @@ def start(args: argparse.Namespace) -> int:
         seed=args.seed or 0,
     )
     return drive(out, spec, name, args.workers, args.quiet)
+
+
+def check_before_workers(fixed: Mapping[str, Any]) -> None:
+    """What every trial would refuse, refused before the study or a worker exists: the backend and the dataset.
+
+    Raises:
+        TuneError: the message of ``xpdl train`` for the same mistake.
+    """
+    from xpdl.data import DatasetError
+    from xpdl.training.options import DEFAULTS, UsageError
+    from xpdl.training.run import env_backend_name, open_backend, read_raw
+
+    try:
+        backend = fixed.get("backend")
+        name = backend if backend is not None else env_backend_name()
+        if name.startswith("cupy"):
+            from xpdl.backends import probe_cupy
+
+            why = probe_cupy(int(name.partition(":")[2] or 0))
+            if why:
+                raise UsageError(f"{'--backend' if backend else 'XPDL_BACKEND'} {name}: {why}")
+        else:
+            open_backend(backend)
+        data = fixed.get("data", DEFAULTS["data"])
+        read_raw(data, Path(fixed.get("data-dir", DEFAULTS["data_dir"])), bool(fixed.get("download", False)))
+    except (UsageError, DatasetError) as exc:  # the one-line message a trial would print
+        raise TuneError(str(exc)) from None
 
 
 def resume(args: argparse.Namespace) -> int:
@@ -376,7 +404,7 @@ def drive(out: Path, spec: str, name: str, workers: int | None, quiet: bool, joi
     base = secrets.randbelow(2**30) if joined else config["seed"] * 1_000_003 + len(trials) * 101
     procs = start_workers(out, spec, name, count, [(base + k) % 2**31 for k in range(count)]) if count else []
     interrupted = False
-    old_term = _sigterm_as_interrupt()
+    old_handlers = _stop_signals_as_interrupt()
     try:
         while True:
             running = any(p.poll() is None for p in procs)
@@ -391,8 +419,8 @@ def drive(out: Path, spec: str, name: str, workers: int | None, quiet: bool, joi
         stop_workers(procs)
         signal.signal(signal.SIGINT, old)
     finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        for sig, handler in (old_handlers or {}).items():
+            signal.signal(sig, handler)
     ours = {ts.worker_name(p.pid) for p in procs}
     ts.recover(study, "its worker process died", lambda t: t.user_attrs.get("worker") in ours)
     _print_new(study, seen, quiet)
@@ -417,14 +445,18 @@ def drive(out: Path, spec: str, name: str, workers: int | None, quiet: bool, joi
     return 130 if interrupted else 1 if failed else 0
 
 
-def _sigterm_as_interrupt() -> Any:
-    """Treat SIGTERM like Ctrl-C while workers run (so they are stopped too); returns the old handler."""
+#: Signals treated like Ctrl-C while workers run: kill (SIGTERM) and a closed terminal (SIGHUP).
+STOP_SIGNALS = (signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
+
+
+def _stop_signals_as_interrupt() -> dict[int, Any] | None:
+    """Treat SIGTERM and SIGHUP like Ctrl-C while workers run (so they are stopped too); the old handlers."""
 
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     try:
-        return signal.signal(signal.SIGTERM, interrupt)
+        return {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS}
     except ValueError:  # not the main thread: leave signals alone
         return None
 
@@ -474,9 +506,11 @@ def tune(
         import optuna  # noqa: F401
     except ImportError:
         raise ImportError(INSTALL_HINT) from None
+    fixed = fixed_options(fixed)
+    check_before_workers(fixed)
     folder, spec, name = new_study(
         space,
-        fixed_options(fixed),
+        fixed,
         trials=trials,
         storage=storage,
         study=study,
