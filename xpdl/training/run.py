@@ -578,8 +578,10 @@ def header(session: Session) -> str:
         if batch == tr.batch_size
         else f"batch {batch} (all {n_train} training images; --batch-size {tr.batch_size})"
     )
+    ranks = tr.comm.size
+    where = session.backend.describe() + (f", {ranks} ranks (--nproc {ranks})" if ranks > 1 else "")
     return (
-        f"{verb}: {s['data']} ({n_train} train / {n_val} val / {n_test} test) on {session.backend.describe()}\n"
+        f"{verb}: {s['data']} ({n_train} train / {n_val} val / {n_test} test) on {where}\n"
         f"net {describe_net(tr.model)}; {s['update_rule']} lr {s['lr']:g} decay {s['lr_decay']:g}, "
         f"{batch_text}, {plural(s['epochs'], 'epoch')} x {plural(tr.iterations_per_epoch, 'iteration')}"
     )
@@ -591,10 +593,15 @@ def summary(session: Session, iterations: int, seconds: float) -> str:
     test_acc = float(np.mean(tr.model.predict(data["X_test"]) == data["y_test"])) if len(data["y_test"]) else 0.0
     doc = session.recorder.history(tr)
     rate = iterations * batch_used(tr) / seconds if seconds > 0 else 0.0
+    timing = f"{plural(iterations, 'iteration')} in {seconds:.1f} s ({rate:,.0f} samples/s)"
+    if session.resumed:  # the totals, as the epoch lines count them, then this session's share
+        timing = (
+            f"{plural(tr.t, 'iteration')} in {tr.train_seconds:.1f} s in all ({iterations} in {seconds:.1f} s "
+            f"since the resume, {rate:,.0f} samples/s)"
+        )
     return (
         f"best val acc {tr.best_val_acc:.4f} (epoch {doc['best_epoch']:.3g}), test acc {test_acc:.4f}; "
-        f"{plural(iterations, 'iteration')} in {seconds:.1f} s ({rate:,.0f} samples/s) on "
-        f"{session.backend.describe()}; saved in {session.folder}/"
+        f"{timing} on {session.backend.describe()}; saved in {session.folder}/"
     )
 
 
