@@ -364,9 +364,10 @@ def test_ctrl_c_stops_every_worker_and_says_how_to_resume(tmp_path):
         "--out",
         str(folder),
     )
-    wait_for(lambda: any((folder / "trials").glob("*/checkpoint.npz")), "a trial's first epoch")
+    # two workers start (imports, the study, the first epoch) slowly on a loaded machine: 40 s was not always enough
+    wait_for(lambda: any((folder / "trials").glob("*/checkpoint.npz")), "a trial's first epoch", timeout=120)
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: the parent and its workers
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert f"continue with: xpdl tune --resume {folder}" in err
     trials = journal_trials(folder)
