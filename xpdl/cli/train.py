@@ -44,7 +44,7 @@ def check_before_launch(run: TrainingRun) -> None:
     """
     from xpdl.runs import RunFolder, load_checkpoint
     from xpdl.training.options import CHECKPOINT_SPEC, UsageError
-    from xpdl.training.run import new_settings, read_raw, resumed_settings
+    from xpdl.training.run import check_backend_before_start, new_settings, read_raw, resumed_settings
 
     run = dataclasses.replace(run)  # the settings fold options into it
     if run.resume:
@@ -57,23 +57,8 @@ def check_before_launch(run: TrainingRun) -> None:
     else:
         settings = new_settings(run)
         option = "--backend" if run.backend else None
-    check_backend(settings["backend"], option)
+    check_backend_before_start(settings["backend"] if option else None, option or "--backend")
     read_raw(settings["data"], Path(settings["data_dir"]), bool(settings["download"]))
-
-
-def check_backend(name: str, option: str | None) -> None:
-    """UsageError when backend ``name`` cannot run here (CuPy is probed, not opened: no GPU context here)."""
-    from xpdl.backends import probe_cupy
-    from xpdl.training.options import UsageError
-    from xpdl.training.run import open_backend
-
-    if name.startswith("cupy"):
-        _, _, index = name.partition(":")
-        why = probe_cupy(int(index or 0))
-        if why:
-            raise UsageError(f"{option or 'XPDL_BACKEND'} {name}: {why}")
-        return
-    open_backend(name if option else None, option or "--backend")
 
 
 def train_main(argv: list[str], epoch_callback: Callable[[Trainer], None] | None = None) -> int:

@@ -226,6 +226,24 @@ def open_backend(name: str | None, option: str = "--backend") -> Backend:
         raise UsageError(text if text.startswith(ENV_VARIABLE) else f"{source}: {text}") from None
 
 
+def check_backend_before_start(name: str | None, option: str = "--backend") -> None:
+    """UsageError when backend ``name`` (None: ``XPDL_BACKEND``) cannot run, checked before ranks or workers start.
+
+    ``auto`` always runs. A CuPy name is refused here only when CuPy is not installed:
+    this process opens no GPU (the ranks and workers check their devices themselves).
+    """
+    resolved = name if name is not None else env_backend_name()
+    if resolved == "auto":
+        return
+    if resolved.startswith("cupy"):
+        import importlib.util
+
+        if importlib.util.find_spec("cupy") is None:
+            open_backend(name, option)  # the backend's own message, naming the option or the variable
+        return
+    open_backend(name, option)
+
+
 def auto_num_val(name: str, num_train: int) -> int:
     """Validation images for a dataset of ``num_train`` training images: its usual split, at most a quarter."""
     return max(1, min(default_num_val(name), num_train // 4))

@@ -72,19 +72,10 @@ def check_before_workers(fixed: Mapping[str, Any]) -> None:
     """
     from xpdl.data import DatasetError
     from xpdl.training.options import DEFAULTS, UsageError
-    from xpdl.training.run import env_backend_name, open_backend, read_raw
+    from xpdl.training.run import check_backend_before_start, read_raw
 
     try:
-        backend = fixed.get("backend")
-        name = backend if backend is not None else env_backend_name()
-        if name.startswith("cupy"):
-            from xpdl.backends import probe_cupy
-
-            why = probe_cupy(int(name.partition(":")[2] or 0))
-            if why:
-                raise UsageError(f"{'--backend' if backend else 'XPDL_BACKEND'} {name}: {why}")
-        else:
-            open_backend(backend)
+        check_backend_before_start(fixed.get("backend"))
         data = fixed.get("data", DEFAULTS["data"])
         read_raw(data, Path(fixed.get("data-dir", DEFAULTS["data_dir"])), bool(fixed.get("download", False)))
     except (UsageError, DatasetError) as exc:  # the one-line message a trial would print
