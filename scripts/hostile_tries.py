@@ -252,6 +252,16 @@ def resumable(tmp: Path, result: subprocess.CompletedProcess) -> str:
     return "" if (tmp / "run" / "checkpoint.npz").exists() else "no checkpoint kept"
 
 
+def trials_not_running(tmp: Path) -> str:
+    code = (
+        "import json, optuna; from xpdl.tune.study import open_storage; d = json.load(open('t/tune.json')); "
+        "s = optuna.load_study(study_name=d['study'], storage=open_storage(d['storage'])); "
+        "print(sum(t.state.name == 'RUNNING' for t in s.trials))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp, env=env(), capture_output=True, text=True)
+    return "" if r.stdout.strip() == "0" else f"trials left RUNNING: {r.stdout.strip()} {r.stderr.strip()[-200:]}"
+
+
 def first_checkpoint(tmp: Path) -> bool:
     return (tmp / "run" / "checkpoint.npz").exists() or any((tmp / "t" / "trials").glob("*/checkpoint.npz"))
 
@@ -751,6 +761,52 @@ TRIES = [
         signal_after=(first_checkpoint, signal.SIGHUP),
         check=lambda t, r: no_process_in(t),
     ),
+    Try(
+        "tune: SIGHUP to the whole process group (a closed terminal)",
+        [
+            "tune",
+            *TINY,
+            "--epochs",
+            "300",
+            *SEARCH,
+            "--trials",
+            "2",
+            "--workers",
+            "1",
+            "--pruner",
+            "none",
+            "--out",
+            "t",
+        ],
+        130,
+        ("xpdl tune --resume t",),
+        needs=("optuna",),
+        signal_after=(first_checkpoint, -signal.SIGHUP),
+        check=lambda t, r: no_process_in(t) or trials_not_running(t),
+    ),
+    Try(
+        "tune: SIGTERM to the whole process group",
+        [
+            "tune",
+            *TINY,
+            "--epochs",
+            "300",
+            *SEARCH,
+            "--trials",
+            "2",
+            "--workers",
+            "1",
+            "--pruner",
+            "none",
+            "--out",
+            "t",
+        ],
+        130,
+        ("xpdl tune --resume t",),
+        needs=("optuna",),
+        signal_after=(first_checkpoint, -signal.SIGTERM),
+        check=lambda t, r: no_process_in(t) or trials_not_running(t),
+    ),
     # plots and Python
     Try(
         "plots: confusion with a label of 10**8",
@@ -834,8 +890,8 @@ def run_try(t: Try, tmp: Path) -> str:
                 if proc.poll() is not None or time.monotonic() - start > t.timeout:
                     break
                 time.sleep(0.1)
-            if proc.poll() is None:
-                os.kill(proc.pid, sig)
+            if proc.poll() is None:  # a negative signal goes to the whole process group
+                os.killpg(proc.pid, -sig) if sig < 0 else os.kill(proc.pid, sig)
         out, err = proc.communicate(timeout=max(t.timeout - (time.monotonic() - start), 5))
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)

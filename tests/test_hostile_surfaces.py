@@ -523,19 +523,30 @@ def _cwd(pid: int) -> Path | None:
 
 
 @needs_optuna
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
-def test_a_signal_to_tune_stops_every_worker_and_says_how_to_resume(tmp_path, sig):
+@pytest.mark.parametrize(
+    "sig, group", [(signal.SIGTERM, False), (signal.SIGHUP, False), (signal.SIGHUP, True), (signal.SIGTERM, True)]
+)
+def test_a_signal_to_tune_stops_every_worker_and_says_how_to_resume(tmp_path, sig, group):
+    """To the command alone (kill PID), or to its whole process group (a closed terminal, kill -- -PGID)."""
     proc = xpdl_start(
         "tune", *TINY, "--epochs", "300", "--search", "lr=1e-3..1e-2", "--trials", "2", "--workers", "1",
         "--pruner", "none", "--out", "t", cwd=tmp_path,
     )  # fmt: skip
     try:
         wait_for(lambda: any((tmp_path / "t" / "trials").glob("*/checkpoint.npz")), "a trial's first epoch", proc)
-        os.kill(proc.pid, sig)
+        os.killpg(proc.pid, sig) if group else os.kill(proc.pid, sig)
         _, err = proc.communicate(timeout=90)
         assert proc.returncode == 130, err
         assert "continue with: xpdl tune --resume t" in err
         wait_for(lambda: not [p for p in processes_mentioning("--worker") if _cwd(p) == tmp_path], "no worker left")
+        import optuna
+
+        from xpdl.tune.driver import read_study_file
+        from xpdl.tune.study import open_storage
+
+        _, spec, name = read_study_file(tmp_path / "t")
+        trials = optuna.load_study(study_name=name, storage=open_storage(spec)).get_trials()
+        assert "RUNNING" not in [t.state.name for t in trials]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

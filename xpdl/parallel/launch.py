@@ -193,6 +193,13 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(sig
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    if signum != signal.SIGTERM and signum != signal.SIGINT:  # a hang-up: the terminal is gone, print to nowhere
+        for name in ("stdout", "stderr"):
+            try:
+                if getattr(sys, name).isatty():
+                    setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 - it lives as long as the process
+            except (OSError, ValueError):
+                pass
     raise KeyboardInterrupt
 
 
@@ -209,6 +216,8 @@ def _wait_for_job(cmd: list[str], env: dict[str, str], nproc: int, folder: str) 
     try:
         return proc.wait()
     except KeyboardInterrupt:
+        for sig in STOP_SIGNALS[1:]:  # a kill or hang-up during the stopping must not cut it short
+            signal.signal(sig, signal.SIG_IGN)
         _stop(proc)
         print(
             f"\nxpdl train: interrupted; all {nproc} ranks stopped, the last checkpoint is intact; continue "

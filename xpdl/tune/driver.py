@@ -405,10 +405,13 @@ def drive(out: Path, spec: str, name: str, workers: int | None, quiet: bool, joi
             time.sleep(0.3)
     except KeyboardInterrupt:
         interrupted = True
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print(f"\ninterrupted: stopping {len(procs)} workers", file=sys.stderr)
+        # a second Ctrl-C, kill or hang-up must not cut the stopping short (workers would outlive the command)
+        ignored = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, *STOP_SIGNALS)}
+        with contextlib.suppress(OSError):
+            print(f"\ninterrupted: stopping {len(procs)} workers", file=sys.stderr)
         stop_workers(procs)
-        signal.signal(signal.SIGINT, old)
+        for sig, handler in ignored.items():
+            signal.signal(sig, handler)
     finally:
         for sig, handler in (old_handlers or {}).items():
             signal.signal(sig, handler)
@@ -444,12 +447,23 @@ def _stop_signals_as_interrupt() -> dict[int, Any] | None:
     """Treat SIGTERM and SIGHUP like Ctrl-C while workers run (so they are stopped too); the old handlers."""
 
     def interrupt(signum: int, frame: Any) -> None:
+        if signum != signal.SIGTERM:
+            detach_from_terminal()
         raise KeyboardInterrupt
 
     try:
         return {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS}
     except ValueError:  # not the main thread: leave signals alone
         return None
+
+
+def detach_from_terminal() -> None:
+    """After a hang-up: print to nowhere instead of to the closed terminal (writes to it fail with EIO)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        with contextlib.suppress(Exception):
+            if stream.isatty():
+                setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 - it lives as long as the process
 
 
 def _print_new(study: Any, seen: set[int], quiet: bool) -> set[int]:

@@ -41,8 +41,13 @@ def trial_folder(out: Path, number: int) -> Path:
     return out / TRIALS_DIR / f"trial-{number:04d}"
 
 
+#: Signals that stop a worker like Ctrl-C: its trial is failed and queued again, its run folder finished.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
+
+
 def _stop_on_first_sigint(signum: int, frame: Any) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal and the parent may both send one
+    for sig in STOP_SIGNALS:  # the terminal and the parent may both send one
+        signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -125,7 +130,8 @@ def _preload() -> None:
 
 def run_worker(storage_spec: str, study_name: str, out: str | Path, sampler_seed: int) -> int:
     """Work on the study until its budget is used up. Returns 0, or 130 after Ctrl-C."""
-    signal.signal(signal.SIGINT, _stop_on_first_sigint)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _stop_on_first_sigint)
     storage = ts.open_storage(storage_spec)
     config = ts.study_config(ts.load_study(storage, study_name))
     study = ts.load_study(
