@@ -385,6 +385,8 @@ def drive(out: Path, spec: str, name: str, workers: int | None, quiet: bool, joi
     trials = study.get_trials(deepcopy=False)
     left = config["trials"] - len(ts.counted(trials)) + sum(t.state.name == "WAITING" for t in trials)
     count = min(os.cpu_count() or 1, max(left, 1)) if workers is None else min(workers, max(left, 0))
+    if count and isinstance(config.get("fixed"), dict):  # on this machine: a --join or --resume may run elsewhere
+        check_before_workers(config["fixed"])
     seen = {t.number for t in trials if t.state in ts.FINISHED}
     done = sum(t.state in ts.FINISHED for t in ts.counted(trials))
     if not quiet:
