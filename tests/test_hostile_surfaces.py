@@ -184,6 +184,18 @@ def test_evaluate_plot_that_cannot_be_written(trained, tmp_path, capsys, monkeyp
     assert listing(tmp_path / "out") == []
 
 
+def test_evaluate_plot_into_new_folders_that_fails_leaves_no_folder(trained, tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), kwargs.get("dir"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    code, _, err = run_cli(capsys, "evaluate", str(trained), "--out", "new/deeper")
+    one_line_error(code, err, "new/deeper/confusion.png", "No space left on device")
+    assert listing(tmp_path) == []
+
+
 def test_evaluate_plot_on_a_real_full_disk(trained, tmp_path, capsys):
     mnt = tmp_path / "tiny"
     mnt.mkdir()

@@ -20,6 +20,7 @@ copied to the host before drawing, so a net plots the same on every backend.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -97,9 +98,21 @@ def write_confusion(
     class_names: Sequence[str],
     title: str = "Confusion matrix",
 ) -> Path:
-    """Draw :func:`confusion` into ``folder/confusion.png``, creating ``folder`` if needed; returns the path."""
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    return save(confusion(y_true, y_pred, class_names, title=title), Path(folder) / CONFUSION_FILE)
+    """Draw :func:`confusion` into ``folder/confusion.png``, creating ``folder`` if needed; returns the path.
+
+    When the picture cannot be written, the folders created for it are removed again.
+    """
+    folder = Path(folder)
+    fig = confusion(y_true, y_pred, class_names, title=title)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return save(fig, folder / CONFUSION_FILE)
+    except OSError:
+        for path in created:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
 
 
 # ---------------------------------------------------------------- history
