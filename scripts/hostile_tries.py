@@ -447,6 +447,13 @@ TRIES = [
         setup=then(train_run("run"), tiny_tmpfs("m", "8k", ro=True)),
     ),
     Try(
+        "runs: evaluate --out NEW/DIR on a read-only disk leaves no folder",
+        ["evaluate", "run", "--out", "m/new/dir"],
+        2,
+        ("Read-only",),
+        setup=then(train_run("run"), tiny_tmpfs("m", "8k", ro=True)),
+    ),
+    Try(
         "runs: evaluate --out is a file",
         ["evaluate", "run", "--out", "f"],
         2,
@@ -536,6 +543,22 @@ TRIES = [
         needs=("mpi",),
         signal_after=(first_checkpoint, signal.SIGINT),
         check=resumable,
+    ),
+    Try(
+        "nproc: --out holds a run",
+        ["train", "--nproc", "2", *TINY, "--epochs", "1", "--out", "run"],
+        2,
+        ("already holds a run",),
+        needs=("mpi",),
+        setup=train_run("run"),
+    ),
+    Try(
+        "nproc: --resume changing a saved setting",
+        ["train", "--nproc", "2", "--resume", "run", "--epochs", "3", "--lr", "0.1"],
+        2,
+        ("--lr",),
+        needs=("mpi",),
+        setup=train_run("run"),
     ),
     # tune
     Try(
