@@ -261,7 +261,7 @@ def test_python_dash_m_xpdl_runs_the_tool():
     result = subprocess.run(
         [sys.executable, "-m", "xpdl", "--help"], capture_output=True, text=True, cwd=REPO, timeout=60
     )
-    assert result.returncode == 0 and "{train,evaluate,info}" in result.stdout
+    assert result.returncode == 0 and "{train,evaluate,info,tune}" in result.stdout
 
 
 # ------------------------------------------------------------------ normalization and AdamW

@@ -44,8 +44,14 @@ WHICH_XPDL = "import sys, xpdl\nprint(sys.executable)\nprint(xpdl.__file__)"
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory) -> nbformat.NotebookNode:
-    root = tmp_path_factory.mktemp("kernel")
+def kernel_root(tmp_path_factory) -> Path:
+    """The kernel's TMPDIR (and its kernelspec): a temporary folder the tutorial leaves behind shows here."""
+    return tmp_path_factory.mktemp("kernel")
+
+
+@pytest.fixture(scope="module")
+def executed(kernel_root) -> nbformat.NotebookNode:
+    root = kernel_root
     old = os.environ.get("JUPYTER_PATH")
     os.environ["JUPYTER_PATH"] = str(kernelspec_dir(root))  # searched before the user's and the system's specs
     try:
@@ -97,3 +103,24 @@ def test_every_plotting_cell_shows_a_picture(executed):
         images = [o.data["image/png"] for o in cell.outputs if "data" in o and "image/png" in o.data]
         assert len(images) == 1, cell.source
         assert base64.b64decode(images[0])[:8] == PNG
+
+
+def stderr_lines(cells) -> list[str]:
+    """What the cells wrote to stderr, progress bars left out."""
+    text = "".join(o.text for c in cells for o in c.outputs if o.output_type == "stream" and o.name == "stderr")
+    return [ln for ln in text.replace("\r", "\n").splitlines() if ln.strip() and "training:" not in ln]
+
+
+def test_the_tutorial_prints_no_warning(executed):
+    """No warning a reader cannot act on (e.g. tqdm's "IProgress not found" where ipywidgets is missing)."""
+    code = [c for c in executed.cells if c.cell_type == "code"]
+    assert not [ln for ln in stderr_lines(code) if "Warning" in ln or "warn" in ln.lower()], stderr_lines(code)
+
+
+@pytest.mark.xfail(
+    reason="docs/tutorial.ipynb saves its model into tempfile.mkdtemp(), which nothing removes; "
+    "tempfile.TemporaryDirectory() is removed when the kernel ends",
+    strict=False,
+)
+def test_the_tutorial_leaves_no_temporary_folder(executed, kernel_root):
+    assert sorted(p.name for p in kernel_root.iterdir()) == ["kernels"]

@@ -20,6 +20,7 @@ copied to the host before drawing, so a net plots the same on every backend.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -45,6 +46,11 @@ CONFUSION_FILE = "confusion.png"
 HISTORY_KEYS = ("loss_history", "loss_epochs", "check_epochs", "train_acc_history", "val_acc_history")
 #: Resolution of saved and inline PNGs (dots per inch); figure sizes are in inches.
 DPI = 100
+#: Confusion matrices: at most this many classes (a label beyond is refused, not drawn), at most
+#: this many labelled ticks per axis, and counts written into the cells up to this many cells.
+MAX_CLASSES = 1000
+MAX_TICKS = 40
+MAX_CELL_TEXTS = 400
 #: A loss whose 95th percentile is more than this many times its 5th is drawn on a log scale.
 LOG_SCALE_RATIO = 10.0
 
@@ -92,9 +98,21 @@ def write_confusion(
     class_names: Sequence[str],
     title: str = "Confusion matrix",
 ) -> Path:
-    """Draw :func:`confusion` into ``folder/confusion.png``, creating ``folder`` if needed; returns the path."""
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    return save(confusion(y_true, y_pred, class_names, title=title), Path(folder) / CONFUSION_FILE)
+    """Draw :func:`confusion` into ``folder/confusion.png``, creating ``folder`` if needed; returns the path.
+
+    When the picture cannot be written, the folders created for it are removed again.
+    """
+    folder = Path(folder)
+    fig = confusion(y_true, y_pred, class_names, title=title)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return save(fig, folder / CONFUSION_FILE)
+    except OSError:
+        for path in created:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
 
 
 # ---------------------------------------------------------------- history
@@ -430,6 +448,11 @@ def confusion(
     if yt.shape != yp.shape:
         raise ValueError(f"y_pred: expected as many labels as y_true ({yt.size}), got {yp.size}")
     top = int(max(yt.max(initial=-1), yp.max(initial=-1)))
+    if top >= MAX_CLASSES or (class_names is not None and len(class_names) > MAX_CLASSES):
+        raise ValueError(
+            f"y_true, y_pred: expected at most {MAX_CLASSES} classes (labels 0 to {MAX_CLASSES - 1}), "
+            f"got {'a label ' + str(top) if top >= MAX_CLASSES else str(len(class_names)) + ' class names'}"
+        )
     names = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(top + 1)]
     if top >= len(names):
         raise ValueError(f"class_names: expected a name for every label up to {top}, got {len(names)} names")
@@ -437,13 +460,14 @@ def confusion(
     counts = confusion_counts(yt, yp, c)
     rows = counts.sum(axis=1, keepdims=True)
     fraction = counts / np.maximum(rows, 1)
-    side = max(4.0, 0.4 * c + 2.2)
+    side = min(max(4.0, 0.4 * c + 2.2), 16.0)
     long_names = max((len(n) for n in names), default=1) > 3
     fig = new_figure(side + 1.3 + (0.6 if long_names else 0), side + (0.6 if long_names else 0))
     ax = fig.subplots()
     image = ax.imshow(fraction, cmap="Blues", norm=PowerNorm(gamma=0.5, vmin=0.0, vmax=1.0))
     fontsize = 10 if c <= 12 else max(5, int(120 / c))
-    for i in range(c):
+    cells = range(c) if c * c <= MAX_CELL_TEXTS else range(0)  # beyond that the colours tell the story
+    for i in cells:
         for j in range(c):
             if counts[i, j]:
                 dark = fraction[i, j] > 0.4
@@ -457,14 +481,15 @@ def confusion(
                     color="white" if dark else ("black" if i == j else "#b2182b"),
                     fontweight="normal" if i == j else "bold",
                 )
+    ticks = range(0, c, -(-c // MAX_TICKS))  # every class up to MAX_TICKS classes, else evenly spaced
     ax.set_xticks(
-        range(c),
-        names,
+        ticks,
+        [names[i] for i in ticks],
         rotation=45 if long_names else 0,
         ha="right" if long_names else "center",
         rotation_mode="anchor",
     )
-    ax.set_yticks(range(c), names)
+    ax.set_yticks(ticks, [names[i] for i in ticks])
     ax.set_xlabel("Predicted class")
     ax.set_ylabel("True class")
     correct, n = int(np.trace(counts)), int(counts.sum())

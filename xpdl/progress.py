@@ -7,8 +7,9 @@ Trainer's ``on_iteration``); :class:`TrainingBar` is the one bar of
 ``Trainer(..., progress=True)``. Both read only host values, so they never wait
 for the GPU except to read the losses at most every ``flush_seconds``.
 
-Bars come from ``tqdm.auto``: a widget in a Jupyter notebook (with ipywidgets
-installed; otherwise tqdm warns once and draws text), a text bar in a terminal.
+Bars come from ``tqdm.auto``: a widget in a Jupyter notebook with ipywidgets
+installed, a text bar in a terminal, and a text bar without tqdm's warning about
+ipywidgets in a notebook that lacks them (:func:`tqdm_class`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,24 @@ from typing import Any, TextIO
 MODES = ("bar", "lines", "quiet")
 #: The bar's loss and accuracies are refreshed at most this often (seconds).
 POSTFIX_SECONDS = 0.1
+
+
+def tqdm_class() -> Any:
+    """``tqdm.auto.tqdm`` where ipywidgets can draw a widget, else the text bar ``tqdm.tqdm``.
+
+    ``tqdm.auto`` in a notebook without ipywidgets warns ("IProgress not found. Please
+    update jupyter and ipywidgets") and draws text anyway; the text bar is drawn here
+    without that warning (``pip install ipywidgets`` brings the widget).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("ipywidgets") is None:
+        from tqdm import tqdm
+
+        return tqdm
+    from tqdm.auto import tqdm
+
+    return tqdm
 
 
 def choose_mode(quiet: bool, stream: TextIO | None = None) -> str:
@@ -130,7 +149,7 @@ class Progress:
             self.close()
 
     def _open_bar(self, trainer: Any, epoch: int, pos: int) -> None:
-        from tqdm.auto import tqdm
+        tqdm = tqdm_class()
 
         self.close()
         width = len(str(trainer.num_epochs))
@@ -173,7 +192,7 @@ class TrainingBar:
     """
 
     def __init__(self, trainer: Any, flush_seconds: float = 0.5) -> None:
-        from tqdm.auto import tqdm
+        tqdm = tqdm_class()
 
         self.flush_seconds = flush_seconds
         self._bar = tqdm(

@@ -61,7 +61,7 @@ class Trainer:
         data: dict with ``X_train`` (N_train, d_1, ..., d_k), ``y_train`` (N_train,),
             ``X_val``, ``y_val``.
 
-    Optional keyword arguments:
+    Keyword arguments (all optional):
         update_rule: ``"sgd"`` (default), ``"sgd_momentum"``, ``"rmsprop"``, ``"adam"``, ``"adamw"``,
             an :class:`xpdl.updater.UpdateRule`, or a function with the seed's signature.
         updater_config: hyperparameters of the rule (e.g. ``learning_rate``), copied per parameter;
@@ -83,43 +83,60 @@ class Trainer:
         local_batchnorm: with ``comm``, normalize with each rank's own batch statistics
             (faster, other numbers) instead of the whole batch's (default False).
 
-    Unknown keyword arguments raise ValueError. ``check_iterations`` records the
+    An unknown keyword argument raises TypeError. ``check_iterations`` records the
     iteration count at each accuracy check, beside ``train_acc_history`` and ``val_acc_history``.
     """
 
-    def __init__(self, model: Any, data: dict, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: Any,
+        data: dict,
+        *,
+        update_rule: str | updater.UpdateRule | Callable = "sgd",
+        updater_config: dict | None = None,
+        lr_decay: float = 1.0,
+        batch_size: int = 100,
+        num_epochs: int = 10,
+        print_every: int = 10,
+        verbose: bool = True,
+        progress: bool = False,
+        seed: int = 0,
+        num_train_samples: int | None = 1000,
+        num_val_samples: int | None = None,
+        on_iteration: Callable | None = None,
+        on_epoch_end: Callable | None = None,
+        comm: distributed.Communicator | None = None,
+        local_batchnorm: bool = False,
+    ) -> None:
         self.model = model
-        self.update_rule_name = kwargs.pop("update_rule", "sgd")
+        self.update_rule_name = update_rule
         self.update_rule = updater.get_update_rule(self.update_rule_name)
-        self.updater_config = dict(_checked_dict(kwargs.pop("updater_config", {}) or {}, "updater_config"))
+        self.updater_config = dict(_checked_dict(updater_config or {}, "updater_config"))
         if isinstance(self.update_rule, updater.UpdateRule):
             self.update_rule.check_config(self.updater_config)
-        self.lr_decay = _number(kwargs.pop("lr_decay", 1.0), "lr_decay", lambda v: v > 0, "a finite number > 0")
-        self.batch_size = _count(kwargs.pop("batch_size", 100), "batch_size", 1)
-        self.num_epochs = _count(kwargs.pop("num_epochs", 10), "num_epochs", 0)
-        self.print_every = _count(kwargs.pop("print_every", 10), "print_every", 1)
-        self.verbose = bool(kwargs.pop("verbose", True))
-        self.progress = bool(kwargs.pop("progress", False))
-        self.seed = _count(kwargs.pop("seed", 0), "seed", 0)
-        self.num_train_samples = kwargs.pop("num_train_samples", 1000)
-        self.num_val_samples = kwargs.pop("num_val_samples", None)
+        self.lr_decay = _number(lr_decay, "lr_decay", lambda v: v > 0, "a finite number > 0")
+        self.batch_size = _count(batch_size, "batch_size", 1)
+        self.num_epochs = _count(num_epochs, "num_epochs", 0)
+        self.print_every = _count(print_every, "print_every", 1)
+        self.verbose = bool(verbose)
+        self.progress = bool(progress)
+        self.seed = _count(seed, "seed", 0)
+        self.num_train_samples = num_train_samples
+        self.num_val_samples = num_val_samples
         for name in ("num_train_samples", "num_val_samples"):
             if getattr(self, name) is not None:
                 _count(getattr(self, name), name, 1)
-        self.on_iteration: Callable | None = kwargs.pop("on_iteration", None)
-        self.on_epoch_end: Callable | None = kwargs.pop("on_epoch_end", None)
-        self.comm = kwargs.pop("comm", None) or distributed.single_process()
+        self.on_iteration: Callable | None = on_iteration
+        self.on_epoch_end: Callable | None = on_epoch_end
+        self.comm = comm or distributed.single_process()
         if not isinstance(self.comm, distributed.Communicator):
             raise TypeError(
                 f"comm: expected an xpdl.parallel.distributed.Communicator (xpdl.parallel.distributed.init()), "
                 f"got {type(self.comm).__name__}"
             )
-        self.local_batchnorm = kwargs.pop("local_batchnorm", False)
+        self.local_batchnorm = local_batchnorm
         if not isinstance(self.local_batchnorm, bool):
             raise TypeError(f"local_batchnorm: expected True or False, got {self.local_batchnorm!r}")
-        if kwargs:
-            extra = ", ".join(f'"{k}"' for k in kwargs)
-            raise ValueError(f"Unrecognized arguments {extra}")
 
         if not isinstance(data, dict):
             raise TypeError(f"data: expected a dict with X_train, y_train, X_val, y_val, got {type(data).__name__}")

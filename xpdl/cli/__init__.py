@@ -27,18 +27,22 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``xpdl`` argument parser with its subcommands."""
     parser = ArgumentParser(
         prog="xpdl",
-        description="Train, evaluate and inspect fully-connected nets (also: python -m xpdl).",
+        description="Train, evaluate, inspect and tune fully-connected nets (also: python -m xpdl).",
         epilog="Run 'xpdl COMMAND --help' for a command's options. Exit codes: 0 ok, 1 training diverged, "
         "2 bad arguments or missing data, 130 interrupted.",
     )
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{train,evaluate,info}", parser_class=ArgumentParser
+        dest="command", required=True, metavar="{train,evaluate,info,tune}", parser_class=ArgumentParser
     )
     train.add_parser(sub)
     evaluate.add_parser(sub)
     info.add_parser(sub)
     tune_command.add_parser(sub)
     return parser
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
 
 
 COMMANDS = {
@@ -55,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     A bad option exits through argparse (SystemExit 2, one line on stderr).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # reported by the subcommand's parser, which names its own --help
+        command = _subparsers(parser).choices[args.command]
+        command.error(f"unrecognized arguments: {' '.join(extras)}")
     if args.command == "train":
         args.argv = argv[argv.index("train") + 1 :]  # the options a launcher passes on to its ranks
     return run_command(args.command, lambda: COMMANDS[args.command](args), quiet=getattr(args, "quiet", False))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from xpdl.trainer import Trainer
@@ -29,8 +31,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc is not None:
         from xpdl.parallel import launch
 
+        check_before_launch(TrainingRun.from_namespace(args))
         return launch.run(args.nproc, args.argv)
     return run_training(TrainingRun.from_namespace(args))
+
+
+def check_before_launch(run: TrainingRun) -> None:
+    """What every rank would refuse, refused once before any rank starts (UsageError, one line).
+
+    The settings (new or resumed), the backend and the dataset are checked here; the run
+    folder itself is taken by rank 0.
+    """
+    from xpdl.runs import RunFolder, load_checkpoint
+    from xpdl.training.options import CHECKPOINT_SPEC, UsageError
+    from xpdl.training.run import check_backend_before_start, new_settings, read_raw, resumed_settings
+
+    run = dataclasses.replace(run)  # the settings fold options into it
+    if run.resume:
+        path = RunFolder.checkpoint_of(run.resume)
+        if not path.is_file():
+            raise UsageError(f"--resume {run.resume}: no {path.name} there (not a run folder, or nothing saved yet)")
+        ckpt = load_checkpoint(path, CHECKPOINT_SPEC)
+        settings = resumed_settings(ckpt["settings"], run)
+        option = "--backend" if run.backend else "saved backend"
+    else:
+        settings = new_settings(run)
+        option = "--backend" if run.backend else None
+    check_backend_before_start(settings["backend"] if option else None, option or "--backend")
+    read_raw(settings["data"], Path(settings["data_dir"]), bool(settings["download"]))
 
 
 def train_main(argv: list[str], epoch_callback: Callable[[Trainer], None] | None = None) -> int:

@@ -11,6 +11,7 @@ keeps its last complete checkpoint and the message says how to resume.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -170,23 +171,43 @@ def run(nproc: int, argv: list[str]) -> int:
     no launcher could be started.
     """
     try:
+        if importlib.util.find_spec("mpi4py") is None:
+            raise LaunchError(f"--nproc: mpi4py is not installed; install it with {MPI_INSTALL_HINT}")
         cmd, env = command(nproc, argv)
     except LaunchError as exc:
         print(f"xpdl train: error: {exc}", file=sys.stderr)
         return 2
     folder = _run_folder(cmd)
-    # Ctrl-C must stop the job even where this process was started with SIGINT ignored (a background job)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Ctrl-C must stop the job even where this process was started with SIGINT ignored (a background job);
+    # SIGTERM (kill, a service manager) and SIGHUP (the terminal closed) stop it the same way
+    previous = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS}
     try:
         return _wait_for_job(cmd, env, nproc, folder)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+#: Signals that stop a job like Ctrl-C: every rank is stopped, the checkpoint kept, the folder unlocked.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    if signum != signal.SIGTERM and signum != signal.SIGINT:  # a hang-up: the terminal is gone, print to nowhere
+        for name in ("stdout", "stderr"):
+            try:
+                if getattr(sys, name).isatty():
+                    setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 - it lives as long as the process
+            except (OSError, ValueError):
+                pass
+    raise KeyboardInterrupt
 
 
 def _job_process_setup() -> None:
-    """In the launcher's process before it runs: a session of its own, and Ctrl-C at its default."""
+    """In the launcher's process before it runs: a session of its own, and the stop signals at their defaults."""
     os.setsid()
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def _wait_for_job(cmd: list[str], env: dict[str, str], nproc: int, folder: str) -> int:
@@ -195,6 +216,8 @@ def _wait_for_job(cmd: list[str], env: dict[str, str], nproc: int, folder: str) 
     try:
         return proc.wait()
     except KeyboardInterrupt:
+        for sig in STOP_SIGNALS[1:]:  # a kill or hang-up during the stopping must not cut it short
+            signal.signal(sig, signal.SIG_IGN)
         _stop(proc)
         print(
             f"\nxpdl train: interrupted; all {nproc} ranks stopped, the last checkpoint is intact; continue "

@@ -37,7 +37,7 @@ def best_check(val_acc_history: list[float]) -> int | None:
 def history_record(trainer: Any, settings: dict[str, Any], device: str) -> dict[str, Any]:
     """The JSON document of ``history.json`` for ``trainer`` (pending losses are flushed first).
 
-    Keys: ``settings``, ``device``, ``batch_size``, ``iterations_per_epoch``,
+    Keys: ``settings``, ``device``, ``nproc`` (the ranks that trained), ``batch_size``, ``iterations_per_epoch``,
     ``num_epochs``, ``iterations_done``, ``epochs_done``, ``best_val_acc``,
     ``best_epoch``, ``train_seconds`` (s), ``loss_history`` (one per iteration),
     ``loss_epochs`` (its x coordinates in epochs), ``check_iterations`` /
@@ -52,6 +52,7 @@ def history_record(trainer: Any, settings: dict[str, Any], device: str) -> dict[
     return {
         "settings": settings,
         "device": device,
+        "nproc": int(getattr(getattr(trainer, "comm", None), "size", 1)),
         "batch_size": trainer.batch_size,
         "iterations_per_epoch": ipe,
         "num_epochs": trainer.num_epochs,

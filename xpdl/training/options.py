@@ -185,7 +185,15 @@ def backend_option(text: str) -> str:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``xpdl train: error: argument --seed: expected ..., got '-1'``."""
+    """argparse with one-line errors: ``xpdl train: error: argument --seed: expected ..., got '-1'``.
+
+    Abbreviated options are refused (``--epoch 2`` is not ``--epochs 2``), so a new option
+    cannot change what an old command line means.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -35,6 +35,7 @@ from xpdl.fc_net import FullyConnectedNet
 from xpdl.parallel import distributed
 from xpdl.progress import Progress, choose_mode
 from xpdl.runs import CheckpointError, RunFolder, RunFolderError, build_model, load_checkpoint, restore_trainer
+from xpdl.runs.atomic import WriteError
 from xpdl.runs.folder import describe_os_error
 from xpdl.runs.history import RunRecorder
 from xpdl.trainer import Trainer
@@ -225,6 +226,24 @@ def open_backend(name: str | None, option: str = "--backend") -> Backend:
     except (BackendUnavailable, ValueError) as exc:
         text = str(exc)
         raise UsageError(text if text.startswith(ENV_VARIABLE) else f"{source}: {text}") from None
+
+
+def check_backend_before_start(name: str | None, option: str = "--backend") -> None:
+    """UsageError when backend ``name`` (None: ``XPDL_BACKEND``) cannot run, checked before ranks or workers start.
+
+    ``auto`` always runs. A CuPy name is refused here only when CuPy is not installed:
+    this process opens no GPU (the ranks and workers check their devices themselves).
+    """
+    resolved = name if name is not None else env_backend_name()
+    if resolved == "auto":
+        return
+    if resolved.startswith("cupy"):
+        import importlib.util
+
+        if importlib.util.find_spec("cupy") is None:
+            open_backend(name, option)  # the backend's own message, naming the option or the variable
+        return
+    open_backend(name, option)
 
 
 def auto_num_val(name: str, num_train: int) -> int:
@@ -579,8 +598,10 @@ def header(session: Session) -> str:
         if batch == tr.batch_size
         else f"batch {batch} (all {n_train} training images; --batch-size {tr.batch_size})"
     )
+    ranks = tr.comm.size
+    where = session.backend.describe() + (f", {ranks} ranks (--nproc {ranks})" if ranks > 1 else "")
     return (
-        f"{verb}: {s['data']} ({n_train} train / {n_val} val / {n_test} test) on {session.backend.describe()}\n"
+        f"{verb}: {s['data']} ({n_train} train / {n_val} val / {n_test} test) on {where}\n"
         f"net {describe_net(tr.model)}; {s['update_rule']} lr {s['lr']:g} decay {s['lr_decay']:g}, "
         f"{batch_text}, {plural(s['epochs'], 'epoch')} x {plural(tr.iterations_per_epoch, 'iteration')}"
     )
@@ -592,10 +613,15 @@ def summary(session: Session, iterations: int, seconds: float) -> str:
     test_acc = float(np.mean(tr.model.predict(data["X_test"]) == data["y_test"])) if len(data["y_test"]) else 0.0
     doc = session.recorder.history(tr)
     rate = iterations * batch_used(tr) / seconds if seconds > 0 else 0.0
+    timing = f"{plural(iterations, 'iteration')} in {seconds:.1f} s ({rate:,.0f} samples/s)"
+    if session.resumed:  # the totals, as the epoch lines count them, then this session's share
+        timing = (
+            f"{plural(tr.t, 'iteration')} in {tr.train_seconds:.1f} s in all ({iterations} in {seconds:.1f} s "
+            f"since the resume, {rate:,.0f} samples/s)"
+        )
     return (
         f"best val acc {tr.best_val_acc:.4f} (epoch {doc['best_epoch']:.3g}), test acc {test_acc:.4f}; "
-        f"{plural(iterations, 'iteration')} in {seconds:.1f} s ({rate:,.0f} samples/s) on "
-        f"{session.backend.describe()}; saved in {session.folder}/"
+        f"{timing} on {session.backend.describe()}; saved in {session.folder}/"
     )
 
 
@@ -616,6 +642,11 @@ def run_command(command: str, run: Callable[[], int], quiet: bool = False) -> in
     except BrokenPipeError:  # whatever read the output stopped reading (xpdl evaluate RUN | head): no traceback
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter's final flush must not fail again
         return 141
+    except OSError as exc:  # a file that cannot be written (WriteError names it) or read
+        print(
+            f"xpdl {command}: error: {exc if isinstance(exc, WriteError) else describe_os_error(exc)}", file=sys.stderr
+        )
+        return 2
 
 
 @contextlib.contextmanager

@@ -49,6 +49,7 @@ class TuneError(Exception):
 
 def start(args: argparse.Namespace) -> int:
     fixed = given_fixed(args)
+    check_before_workers(fixed)
     out, spec, name = new_study(
         args.search or [],
         fixed,
@@ -61,6 +62,24 @@ def start(args: argparse.Namespace) -> int:
         seed=args.seed or 0,
     )
     return drive(out, spec, name, args.workers, args.quiet)
+
+
+def check_before_workers(fixed: Mapping[str, Any]) -> None:
+    """What every trial would refuse, refused before the study or a worker exists: the backend and the dataset.
+
+    Raises:
+        TuneError: the message of ``xpdl train`` for the same mistake.
+    """
+    from xpdl.data import DatasetError
+    from xpdl.training.options import DEFAULTS, UsageError
+    from xpdl.training.run import check_backend_before_start, read_raw
+
+    try:
+        check_backend_before_start(fixed.get("backend"))
+        data = fixed.get("data", DEFAULTS["data"])
+        read_raw(data, Path(fixed.get("data-dir", DEFAULTS["data_dir"])), bool(fixed.get("download", False)))
+    except (UsageError, DatasetError) as exc:  # the one-line message a trial would print
+        raise TuneError(str(exc)) from None
 
 
 def resume(args: argparse.Namespace) -> int:
@@ -77,13 +96,15 @@ def resume(args: argparse.Namespace) -> int:
             f"--quiet may be given, got {', '.join(given)}"
         )
     out, spec, name = read_study_file(args.resume)
+    if not ts.is_database_url(spec):  # a journal: nobody else works on it, so its file lock is stale
+        Path(spec + ".lock").unlink(missing_ok=True)
+        checked_journal(spec, "--resume " + str(args.resume))
     study = open_study(spec, name)
     if args.trials is not None:
         ts.set_budget(study, args.trials)
     if ts.is_database_url(spec):
         ts.fail_stale(study)
-    else:  # a journal: nobody else works on it, so a running trial's worker is gone, and so is its file lock
-        Path(spec + ".lock").unlink(missing_ok=True)
+    else:  # a journal: nobody else works on it, so a running trial's worker is gone
         dead = ts.recover(study, "its worker was gone when the study was resumed")
         if dead and not args.quiet:
             print(
@@ -106,6 +127,8 @@ def join(args: argparse.Namespace) -> int:
             f"--join works with the study's saved settings; only --workers, --out and --quiet "
             f"may be given, got {', '.join(given)}"
         )
+    if not ts.is_database_url(args.join):
+        checked_journal(args.join, "--join", locked=True)
     study = open_study(args.join, args.study)
     ts.fail_stale(study)
     out = Path(args.out or Path("runs") / f"tune-{args.study}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -194,16 +217,73 @@ def write_study_file(folder: Path, spec: str, name: str) -> None:
     write_json(folder / STUDY_FILE, {"storage": spec, "study": name})
 
 
+#: A ``tune.json`` is a few hundred bytes; anything beyond this is not one.
+MAX_STUDY_FILE_BYTES = 1 << 20
+
+
 def read_study_file(folder: str | os.PathLike[str]) -> tuple[Path, str, str]:
-    """(folder, storage spec, study name) from ``DIR/tune.json``."""
+    """(folder, storage spec, study name) from ``DIR/tune.json``; TuneError in one line if it is not one."""
     path = Path(folder) / STUDY_FILE
     try:
+        if path.stat().st_size > MAX_STUDY_FILE_BYTES:
+            raise ValueError(f"larger than {MAX_STUDY_FILE_BYTES} bytes")
         doc = json.loads(path.read_text(encoding="utf-8"))
-        return Path(folder), doc["storage"], doc["study"]
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:200]
+        raise TuneError(f"--resume {folder}: no readable {path} ({reason}); not a folder made by xpdl tune?") from None
+    if not (
+        isinstance(doc, dict)
+        and isinstance(doc.get("storage"), str)
+        and isinstance(doc.get("study"), str)
+        and doc["storage"]
+        and doc["study"]
+    ):
         raise TuneError(
-            f"--resume {folder}: no readable {STUDY_FILE} ({exc}); not a folder made by xpdl tune?"
-        ) from None
+            f"--resume {folder}: {path} is not a study file: expected a JSON object with the strings "
+            '"storage" and "study", got ' + _shape(doc)
+        )
+    return Path(folder), doc["storage"], doc["study"]
+
+
+def _shape(doc: Any) -> str:
+    """What a JSON document is, in a few words (``a list``, ``an object with keys storage, study``)."""
+    if isinstance(doc, dict):
+        return f"an object with keys {', '.join(map(str, list(doc)[:10])) or '(none)'}" + (
+            f" ({', '.join(f'{k}: {type(v).__name__}' for k, v in list(doc.items())[:4])})" if doc else ""
+        )
+    return {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(type(doc), "a number")
+
+
+def checked_journal(spec: str, option: str, locked: bool = False) -> None:
+    """Check the journal ``spec`` before anything is written to it (:func:`xpdl.tune.journal.check_journal`).
+
+    A cut-off last record is repaired (with a backup, said on stderr); a missing or
+    damaged journal is a TuneError and nothing is created or changed. ``locked``: hold
+    the journal's file lock meanwhile (other machines may be writing to it).
+    """
+    from xpdl.tune.journal import JournalDamaged, check_journal
+
+    if not Path(spec).is_file():
+        raise TuneError(
+            f"{option}: {spec}: no such journal file" + (" (it is a folder)" if Path(spec).is_dir() else "")
+        )
+    lock = None
+    if locked:
+        from optuna.storages.journal import JournalFileSymlinkLock
+
+        lock = JournalFileSymlinkLock(spec)
+        lock.acquire()
+    try:
+        note = check_journal(spec)
+    except JournalDamaged as exc:
+        raise TuneError(f"{option}: {exc}") from None
+    except OSError as exc:
+        raise TuneError(f"{option}: {spec}: cannot check the journal: {exc}") from None
+    finally:
+        if lock is not None:
+            lock.release()
+    if note:
+        print(f"xpdl tune: warning: {note}", file=sys.stderr)
 
 
 def open_study(spec: str, name: str) -> Any:
@@ -245,7 +325,16 @@ def start_workers(out: Path, spec: str, name: str, count: int, seeds: list[int])
     """Start ``count`` worker processes, cores / count BLAS threads each; their output goes to ``DIR/logs/``."""
     env = worker_environment(count)
     logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        for k in range(count):  # every log can be written before any worker starts
+            with open(logs / f"worker-{k}.log", "ab"):
+                pass
+    except OSError as exc:
+        raise TuneError(
+            f"{exc.filename or logs}: cannot write the workers' logs: {exc.strerror or exc}; "
+            f"nothing was started, continue with xpdl tune --resume {out} once fixed"
+        ) from None
     procs = []
     for k in range(count):
         cmd = [
@@ -296,6 +385,8 @@ def drive(out: Path, spec: str, name: str, workers: int | None, quiet: bool, joi
     trials = study.get_trials(deepcopy=False)
     left = config["trials"] - len(ts.counted(trials)) + sum(t.state.name == "WAITING" for t in trials)
     count = min(os.cpu_count() or 1, max(left, 1)) if workers is None else min(workers, max(left, 0))
+    if count and isinstance(config.get("fixed"), dict):  # on this machine: a --join or --resume may run elsewhere
+        check_before_workers(config["fixed"])
     seen = {t.number for t in trials if t.state in ts.FINISHED}
     done = sum(t.state in ts.FINISHED for t in ts.counted(trials))
     if not quiet:
@@ -306,7 +397,7 @@ def drive(out: Path, spec: str, name: str, workers: int | None, quiet: bool, joi
     base = secrets.randbelow(2**30) if joined else config["seed"] * 1_000_003 + len(trials) * 101
     procs = start_workers(out, spec, name, count, [(base + k) % 2**31 for k in range(count)]) if count else []
     interrupted = False
-    old_term = _sigterm_as_interrupt()
+    old_handlers = _stop_signals_as_interrupt()
     try:
         while True:
             running = any(p.poll() is None for p in procs)
@@ -316,13 +407,16 @@ def drive(out: Path, spec: str, name: str, workers: int | None, quiet: bool, joi
             time.sleep(0.3)
     except KeyboardInterrupt:
         interrupted = True
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print(f"\ninterrupted: stopping {len(procs)} workers", file=sys.stderr)
+        # a second Ctrl-C, kill or hang-up must not cut the stopping short (workers would outlive the command)
+        ignored = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, *STOP_SIGNALS)}
+        with contextlib.suppress(OSError):
+            print(f"\ninterrupted: stopping {len(procs)} workers", file=sys.stderr)
         stop_workers(procs)
-        signal.signal(signal.SIGINT, old)
+        for sig, handler in ignored.items():
+            signal.signal(sig, handler)
     finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        for sig, handler in (old_handlers or {}).items():
+            signal.signal(sig, handler)
     ours = {ts.worker_name(p.pid) for p in procs}
     ts.recover(study, "its worker process died", lambda t: t.user_attrs.get("worker") in ours)
     _print_new(study, seen, quiet)
@@ -347,16 +441,31 @@ def drive(out: Path, spec: str, name: str, workers: int | None, quiet: bool, joi
     return 130 if interrupted else 1 if failed else 0
 
 
-def _sigterm_as_interrupt() -> Any:
-    """Treat SIGTERM like Ctrl-C while workers run (so they are stopped too); returns the old handler."""
+#: Signals treated like Ctrl-C while workers run: kill (SIGTERM) and a closed terminal (SIGHUP).
+STOP_SIGNALS = (signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
+
+
+def _stop_signals_as_interrupt() -> dict[int, Any] | None:
+    """Treat SIGTERM and SIGHUP like Ctrl-C while workers run (so they are stopped too); the old handlers."""
 
     def interrupt(signum: int, frame: Any) -> None:
+        if signum != signal.SIGTERM:
+            detach_from_terminal()
         raise KeyboardInterrupt
 
     try:
-        return signal.signal(signal.SIGTERM, interrupt)
+        return {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS}
     except ValueError:  # not the main thread: leave signals alone
         return None
+
+
+def detach_from_terminal() -> None:
+    """After a hang-up: print to nowhere instead of to the closed terminal (writes to it fail with EIO)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        with contextlib.suppress(Exception):
+            if stream.isatty():
+                setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 - it lives as long as the process
 
 
 def _print_new(study: Any, seen: set[int], quiet: bool) -> set[int]:
@@ -404,9 +513,11 @@ def tune(
         import optuna  # noqa: F401
     except ImportError:
         raise ImportError(INSTALL_HINT) from None
+    fixed = fixed_options(fixed)
+    check_before_workers(fixed)
     folder, spec, name = new_study(
         space,
-        fixed_options(fixed),
+        fixed,
         trials=trials,
         storage=storage,
         study=study,

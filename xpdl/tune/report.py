@@ -19,6 +19,8 @@ from xpdl.tune.space import SearchParam
 
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "tune.png"
+#: Labelled ticks of a choice axis in tune.png: every choice up to this many, else evenly spaced ones.
+MAX_TICKS = 30
 
 
 def state_name(trial: Any) -> str:
@@ -33,9 +35,16 @@ def seconds(trial: Any) -> float | None:
     return (trial.datetime_complete - trial.datetime_start).total_seconds()
 
 
+#: How a parameter is shown where its option name would mislead: ``--dropout`` is a keep probability.
+DISPLAY_NAMES = {"dropout": "dropout-keep"}
+
+
 def format_params(params: dict[str, Any]) -> str:
-    """E.g. ``lr=0.00123 hidden-dims=256,256``."""
-    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    """E.g. ``lr=0.00123 hidden-dims=256,256 dropout-keep=0.651`` (``--dropout`` is the keep probability)."""
+    return " ".join(
+        f"{DISPLAY_NAMES.get(k, k)}={v:.3g}" if isinstance(v, float) else f"{DISPLAY_NAMES.get(k, k)}={v}"
+        for k, v in params.items()
+    )
 
 
 def progress_line(trial: Any) -> str:
@@ -159,7 +168,8 @@ def _param_panel(ax: Any, points: list[Any], param: SearchParam) -> None:
     have = [t for t in points if param.name in t.params]
     if param.kind == "choice":
         xs = [param.choices.index(str(t.params[param.name])) for t in have]
-        ax.set_xticks(range(len(param.choices)), param.choices, fontsize=7, rotation=20)
+        ticks = range(0, len(param.choices), -(-len(param.choices) // MAX_TICKS))
+        ax.set_xticks(ticks, [param.choices[i][:24] for i in ticks], fontsize=7, rotation=20)
         ax.set_xlim(-0.5, len(param.choices) - 0.5)
     else:
         xs = [t.params[param.name] for t in have]

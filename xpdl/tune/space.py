@@ -17,7 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 #: ``xpdl train`` options that ``xpdl tune`` sets itself (per trial, or as its own options).
-NOT_TUNABLE = ("help", "out", "resume", "quiet", "seed")
+NOT_TUNABLE = ("help", "out", "resume", "quiet", "seed", "nproc")
+#: ``xpdl train`` options that may be fixed for every trial but are not hyperparameters to search:
+#: where and how a trial runs, not what it learns.
+NOT_SEARCHABLE = ("backend", "data", "data-dir", "download", "checkpoint-every", "split-seed")
+#: At most this many choices in one ``--search NAME=A/B/C`` (a search over more is a mistake).
+MAX_CHOICES = 1000
 #: Spellings of the two values of an on/off option (``--batchnorm`` / ``--no-batchnorm``).
 SWITCH_VALUES = {"on": True, "true": True, "yes": True, "off": False, "false": False, "no": False}
 
@@ -110,13 +115,22 @@ def parse_search(text: str, actions: Mapping[str, argparse.Action] | None = None
     name = name.strip().lstrip("-")
     if not sep or not name or not spec:
         raise SearchSpaceError(f"--search: expected NAME=LOW..HIGH[:log] or NAME=A/B/C, got {text!r}")
-    if name not in actions:
-        raise SearchSpaceError(
-            f"--search {name}: not an xpdl train option; expected one of {', '.join(sorted(actions))}"
+    if name not in actions or name in NOT_SEARCHABLE:
+        train_options = {o.lstrip("-") for a in train_parser()._actions for o in a.option_strings}
+        what = (
+            "not a hyperparameter (give it as a fixed option)"
+            if name in actions
+            else "not a hyperparameter (xpdl tune sets it)"
+            if name in train_options
+            else "not an xpdl train option"
         )
+        searchable = sorted(n for n in actions if n not in NOT_SEARCHABLE)
+        raise SearchSpaceError(f"--search {name}: {what}; expected one of {', '.join(searchable)}")
     action = actions[name]
     if ".." in spec:
         return _parse_range(name, spec, action)
+    if spec.count("/") >= MAX_CHOICES:
+        raise SearchSpaceError(f"--search {name}: expected at most {MAX_CHOICES} choices, got {spec.count('/') + 1}")
     choices = tuple(c.strip() for c in spec.split("/"))
     if any(not c for c in choices) or len(set(choices)) != len(choices):
         raise SearchSpaceError(f"--search {name}: expected distinct non-empty choices A/B/C, got {spec!r}")

@@ -41,8 +41,13 @@ def trial_folder(out: Path, number: int) -> Path:
     return out / TRIALS_DIR / f"trial-{number:04d}"
 
 
+#: Signals that stop a worker like Ctrl-C: its trial is failed and queued again, its run folder finished.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
+
+
 def _stop_on_first_sigint(signum: int, frame: Any) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal and the parent may both send one
+    for sig in STOP_SIGNALS:  # the terminal and the parent may both send one
+        signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -78,7 +83,11 @@ class Objective:
         options.setdefault("split-seed", self.config["seed"])  # every trial is scored on the same validation split
         print(f"trial {trial.number}: xpdl train {' '.join(self.command_line(params, options))}", flush=True)
         run = TrainingRun.from_options(options)
-        code = train(run, epoch_callback=lambda trainer: self.report(trial, trainer))
+        try:
+            code = train(run, epoch_callback=lambda trainer: self.report(trial, trainer))
+        except optuna.TrialPruned as exc:  # the run folder is finished; say so, as a completed run does
+            print(f"trial {trial.number}: pruned after {exc}; run folder {folder}", flush=True)
+            raise
         sys.stdout.flush()
         if code == 0:
             return float(json.loads((folder / "history.json").read_text())["best_val_acc"])
@@ -108,7 +117,7 @@ class Objective:
         """After an epoch: report its validation accuracy; raise TrialPruned if the pruner says so."""
         trial.report(float(trainer.val_acc_history[-1]), int(trainer.epoch))
         if trial.should_prune():
-            raise optuna.TrialPruned(f"epoch {trainer.epoch}: val acc {trainer.val_acc_history[-1]:.4f}")
+            raise optuna.TrialPruned(f"epoch {trainer.epoch} (val acc {trainer.val_acc_history[-1]:.4f})")
 
 
 def _preload() -> None:
@@ -121,7 +130,8 @@ def _preload() -> None:
 
 def run_worker(storage_spec: str, study_name: str, out: str | Path, sampler_seed: int) -> int:
     """Work on the study until its budget is used up. Returns 0, or 130 after Ctrl-C."""
-    signal.signal(signal.SIGINT, _stop_on_first_sigint)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _stop_on_first_sigint)
     storage = ts.open_storage(storage_spec)
     config = ts.study_config(ts.load_study(storage, study_name))
     study = ts.load_study(
