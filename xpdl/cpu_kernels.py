@@ -8,7 +8,11 @@ while, and a second thread pool beside them would stall, so these kernels run
 on the calling thread.
 
 Imported only when a NumPy training step first runs (``import xpdl`` does not
-load numba). Compilations are cached on disk, so only the first run pays.
+load numba). Compilations are cached on disk, so only the first run pays, and it
+pays little: no compiled kernel calls another (the fused batch-norm passes are
+Python compositions of the stage kernels), and scratch arrays come from
+``np.empty`` alone (each NumPy constructor used inside a kernel is one more
+function numba compiles on a cold start); ``docs/performance.md`` has the figures.
 
 Array arguments: ``a``, ``h``, ``xhat``, ``dh``, ``da`` (N, H) in the
 parameters' dtype; ``b``, ``gamma``, ``beta`` (H,); ``words`` (N, H) uint32
@@ -46,7 +50,6 @@ def _relu_dropout_grad(dh, h, dropout, scale):
     return g
 
 
-@njit(**_JIT)
 def bn_relu_dropout_forward(
     a, b, gamma, beta, running_mean, running_var, momentum, eps, words, threshold, scale, xhat, h, keep, inv_std
 ):
@@ -57,14 +60,15 @@ def bn_relu_dropout_forward(
     place with the batch mean and biased variance. Dropout keeps an element when
     its uint32 word is below ``threshold`` and scales it by ``scale = 1/p``.
     Column statistics are accumulated in float64, in two passes (mean, then the
-    squared deviations). The three stages are the kernels below, which a rank of
-    a data-parallel job runs one by one, summing the statistics over the ranks in between.
+    squared deviations). The stages are the compiled kernels below, called one by one
+    from Python (as a rank of a data-parallel job does, summing the statistics over the
+    ranks in between): a few microseconds more per call than one compiled kernel, and
+    each compiled function is compiled once, not again inside a caller.
     """
     n, d = a.shape
     mean = np.zeros(d, np.float64)
     column_sums(a, mean)
-    for j in range(d):
-        mean[j] /= n
+    mean /= n
     var = np.zeros(d, np.float64)
     column_squared_deviations(a, mean, var)
     bn_statistics(mean, var, n, b, running_mean, running_var, momentum, eps, inv_std)
@@ -75,7 +79,9 @@ def bn_relu_dropout_forward(
 def column_sums(a, out):
     """``out[j] += sum_i a[i, j]`` for ``a`` (N, H); ``out`` (>= H,) float64 (a zeroed buffer gives the sums)."""
     n, d = a.shape
-    acc = np.zeros(d, np.float64)  # a local accumulator: the compiler knows it aliases nothing, and vectorizes
+    acc = np.empty(d, np.float64)  # a local accumulator: the compiler knows it aliases nothing, and vectorizes
+    for j in range(d):
+        acc[j] = 0.0
     for i in range(n):
         for j in range(d):
             acc[j] += a[i, j]
@@ -87,8 +93,11 @@ def column_sums(a, out):
 def column_squared_deviations(a, mean, out):
     """``out[j] += sum_i (a[i, j] - mean[j])**2`` for ``a`` (N, H); ``mean``, ``out`` (H,) float64."""
     n, d = a.shape
-    mu = mean[:d].copy()
-    acc = np.zeros(d, np.float64)
+    mu = np.empty(d, np.float64)
+    acc = np.empty(d, np.float64)
+    for j in range(d):
+        mu[j] = mean[j]
+        acc[j] = 0.0
     for i in range(n):
         for j in range(d):
             t = a[i, j] - mu[j]
@@ -123,7 +132,6 @@ def bn_normalize_relu_dropout(a, mean, inv_std, gamma, beta, words, threshold, s
             h[i, j] = _relu_dropout(gamma[j] * xh + beta[j], i, j, dropout, words, threshold, scale, keep)
 
 
-@njit(**_JIT)
 def bn_relu_dropout_backward(dh, h, xhat, gamma, inv_std, keep, scale, da, dgamma, dbeta, db):
     """Backward pass of :func:`bn_relu_dropout_forward`.
 
@@ -133,16 +141,15 @@ def bn_relu_dropout_backward(dh, h, xhat, gamma, inv_std, keep, scale, da, dgamm
     ``dx = gamma * inv_std / N * (N * d - sum(d) - xhat * sum(d * xhat))`` with ``d``
     the gradient at the batch-norm output. A unit passes gradient when
     ``h > 0``, which is exactly when ReLU was active and dropout kept it. The two
-    passes are the kernels below (a data-parallel rank sums the column sums over the
-    ranks between them).
+    passes are the compiled kernels below, called from Python (a data-parallel rank
+    sums the column sums over the ranks between them).
     """
     n, m = dh.shape
     sums = np.zeros(2 * m, np.float64)
     relu_dropout_bn_sums(dh, h, xhat, keep, scale, da, sums)
-    for j in range(m):
-        dbeta[j] = sums[j]
-        dgamma[j] = sums[m + j]
-        db[j] = 0.0  # batch norm cancels the bias: its gradient is exactly zero
+    dbeta[...] = sums[:m]
+    dgamma[...] = sums[m:]
+    db[...] = 0.0  # batch norm cancels the bias: its gradient is exactly zero
     bn_input_grad(da, xhat, gamma, inv_std, n, sums)
 
 
@@ -155,8 +162,11 @@ def relu_dropout_bn_sums(dh, h, xhat, keep, scale, d, sums):
     """
     n, m = dh.shape
     dropout = keep.shape[0] > 0
-    sum_d = np.zeros(m, np.float64)  # local accumulators: the compiler knows they alias nothing, and vectorizes
-    sum_dx = np.zeros(m, np.float64)
+    sum_d = np.empty(m, np.float64)  # local accumulators: the compiler knows they alias nothing, and vectorizes
+    sum_dx = np.empty(m, np.float64)
+    for j in range(m):
+        sum_d[j] = 0.0
+        sum_dx[j] = 0.0
     for i in range(n):
         for j in range(m):
             g = _relu_dropout_grad(dh[i, j], h[i, j], dropout, scale)
@@ -177,10 +187,12 @@ def bn_input_grad(d, xhat, gamma, inv_std, count, sums):
     """
     n, m = d.shape
     coef = np.empty(m, np.float64)
-    sum_d = sums[:m].copy()  # local copies: the compiler knows they alias nothing, and vectorizes
-    sum_dx = sums[m : 2 * m].copy()
+    sum_d = np.empty(m, np.float64)  # local copies: the compiler knows they alias nothing, and vectorizes
+    sum_dx = np.empty(m, np.float64)
     for j in range(m):
         coef[j] = gamma[j] * inv_std[j] / count
+        sum_d[j] = sums[j]
+        sum_dx[j] = sums[m + j]
     for i in range(n):
         for j in range(m):
             d[i, j] = coef[j] * (count * d[i, j] - sum_d[j] - xhat[i, j] * sum_dx[j])
@@ -201,7 +213,9 @@ def relu_dropout_backward(dh, h, keep, scale, da, db):
     """Backward of :func:`bias_relu_dropout_forward`: ``da`` (N, H) and ``db`` (H,)."""
     n, m = dh.shape
     dropout = keep.shape[0] > 0
-    col = np.zeros(m, np.float64)
+    col = np.empty(m, np.float64)
+    for j in range(m):
+        col[j] = 0.0
     for i in range(n):
         for j in range(m):
             g = _relu_dropout_grad(dh[i, j], h[i, j], dropout, scale)
@@ -248,9 +262,13 @@ def ln_relu_dropout_backward(dh, h, xhat, gamma, inv_std, keep, scale, da, dgamm
     """
     n, m = dh.shape
     dropout = keep.shape[0] > 0
-    col_d = np.zeros(m, np.float64)
-    col_dx = np.zeros(m, np.float64)
-    col_da = np.zeros(m, np.float64)
+    col_d = np.empty(m, np.float64)
+    col_dx = np.empty(m, np.float64)
+    col_da = np.empty(m, np.float64)
+    for j in range(m):
+        col_d[j] = 0.0
+        col_dx[j] = 0.0
+        col_da[j] = 0.0
     for i in range(n):
         sum_d = 0.0
         sum_dx = 0.0
