@@ -71,7 +71,7 @@ def bn_relu_dropout_forward(
     mean /= n
     var = np.zeros(d, np.float64)
     column_squared_deviations(a, mean, var)
-    bn_statistics(mean, var, n, b, running_mean, running_var, momentum, eps, inv_std)
+    bn_statistics(mean, var, float(n), b, running_mean, running_var, momentum, eps, inv_std)  # float: as a rank
     bn_normalize_relu_dropout(a, mean, inv_std, gamma, beta, words, threshold, scale, xhat, h, keep)
 
 
@@ -150,7 +150,7 @@ def bn_relu_dropout_backward(dh, h, xhat, gamma, inv_std, keep, scale, da, dgamm
     dbeta[...] = sums[:m]
     dgamma[...] = sums[m:]
     db[...] = 0.0  # batch norm cancels the bias: its gradient is exactly zero
-    bn_input_grad(da, xhat, gamma, inv_std, n, sums)
+    bn_input_grad(da, xhat, gamma, inv_std, float(n), sums)  # float count, as a rank passes: one specialization
 
 
 @njit(**_JIT)
@@ -408,3 +408,33 @@ UPDATE_KERNELS = {
     "adam": (adam_update, adam_args),
     "adamw": (adamw_update, adamw_args),
 }
+
+
+def _default_run_arguments(dtype: type = np.float32) -> dict[str, tuple]:
+    """Small arguments of the types a default ``xpdl train`` passes (float32), per kernel it calls."""
+    n, d = 4, 3
+    a = np.ones((n, d), dtype)
+    vec = np.ones(d, dtype)
+    f64 = np.ones(d, np.float64)
+    words, keep = np.ones((n, d), np.uint32), np.ones((n, d), np.uint8)
+    w = np.ones(5, dtype)
+    cast = np.dtype(dtype).type
+    return {
+        "relu_dropout_bn_sums": (a, a, a, keep, 2.0, a.copy(), np.zeros(2 * d)),
+        "bn_input_grad": (a.copy(), a, vec, f64, float(n), np.zeros(2 * d)),
+        "adam_update": (w, w.copy(), w.copy(), w.copy(), *adam_args((1e-3, 0.9, 0.999, 1e-8, 0.1, 0.1), cast)),
+        "bn_normalize_relu_dropout": (a, f64, f64, vec, vec, words, 2**31, 2.0, a.copy(), a.copy(), keep.copy()),
+        "bn_statistics": (f64, f64, float(n), vec, vec.copy(), vec.copy(), 0.9, 1e-5, f64.copy()),
+        "column_squared_deviations": (a, f64, np.zeros(d)),
+        "column_sums": (a, np.zeros(d)),
+    }
+
+
+def warm_up() -> None:
+    """Compile into numba's disk cache (or load from it) every kernel a default ``xpdl train`` calls.
+
+    ``python -c "from xpdl.cpu_kernels import warm_up; warm_up()"`` once (in an image build,
+    before starting many tune workers or ranks) spares the first runs their compile wait.
+    """
+    for name, args in _default_run_arguments().items():
+        globals()[name](*args)
