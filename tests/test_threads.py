@@ -27,11 +27,10 @@ def test_user_blas_settings_are_left_alone_unless_xpdl_threads_is_set():
         assert threads.manages_blas({name: "2", "XPDL_THREADS": "2"})
 
 
-def test_small_products_run_on_one_thread():
-    small = threads.SMALL_PRODUCT - 1
-    assert threads.product_threads(1, 1, small, 4) == 1
-    assert threads.product_threads(1, 1, threads.SMALL_PRODUCT, 4) == 4
-    assert threads.product_threads(256, 3072, 1024, 2) == 2
+def test_small_products():
+    assert threads.is_small(1, 1, threads.SMALL_PRODUCT - 1)
+    assert not threads.is_small(1, 1, threads.SMALL_PRODUCT)
+    assert not threads.is_small(256, 3072, 1024)
 
 
 class _Recorder:
@@ -42,15 +41,20 @@ class _Recorder:
         self.calls.append(n)
 
 
-def test_blas_threads_calls_the_library_only_on_a_change():
+def test_small_nets_run_on_one_thread_large_ones_on_the_budget():
     bt = threads.BlasThreads({"XPDL_THREADS": "2"})
     rec = _Recorder()
     bt._controllers = [rec]
-    bt.for_product(64, 64, 256)
-    bt.for_product(64, 256, 256)
-    bt.for_product(256, 3072, 1024)
-    bt.for_product(256, 3072, 1024)
-    bt.for_product(64, 64, 256)
+    small, large = (64, 64, 256), (256, 3072, 1024)
+    for _ in range(10):  # a small net: one thread, set once
+        bt.for_product(*small)
+    assert rec.calls == [1]
+    for _ in range(3):  # a large net: its small products stay on the budget too
+        bt.for_product(*large)
+        bt.for_product(*small)
+    assert rec.calls == [1, 2]
+    for _ in range(threads.SMALL_STREAK):  # then a small net again
+        bt.for_product(*small)
     assert rec.calls == [1, 2, 1]
 
 

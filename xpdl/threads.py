@@ -4,11 +4,15 @@
   process may run on. ``xpdl train --nproc N`` and ``xpdl tune --workers N`` give each
   process ``budget // N`` (at least 1) through ``XPDL_THREADS`` and the BLAS/OpenMP
   variables (:func:`xpdl.launch.thread_environment`).
-- **Matrix products.** A product of fewer than :data:`SMALL_PRODUCT` multiply-adds
-  (``m * k * n``) runs on one BLAS thread, a larger one on the whole budget. Waking,
-  splitting over and then spinning a second thread costs more than it saves on a
-  small product, and on a busy machine a split product waits for its slowest
-  thread; measured in ``docs/performance.md``.
+- **Matrix products.** A net whose products all have fewer than :data:`SMALL_PRODUCT`
+  multiply-adds (``m * k * n``) runs them on one BLAS thread; once a larger product
+  comes, every product runs on the whole budget (as before this policy), until
+  :data:`SMALL_STREAK` small products in a row (a smaller net in the same process)
+  bring it back to one. On small products a second thread saves little, its
+  spinning between products takes a core from the kernels and from other
+  processes, and on a busy machine a split product waits for its slowest thread;
+  switching back and forth within a step of a large net measured no better than
+  staying at the budget. Figures in ``docs/performance.md``.
 - **Compiled kernels** (:mod:`xpdl.cpu_kernels`) run on the calling thread: numba
   starts no thread pool.
 - **Hands off** when the user chose: with ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``,
@@ -27,8 +31,11 @@ from typing import Any
 
 import numpy as np
 
-#: Products with fewer multiply-adds than this (``m * k * n``) run on one BLAS thread.
+#: Products with fewer multiply-adds than this (``m * k * n``) are small.
 SMALL_PRODUCT = 1 << 24
+
+#: After a large product, this many small ones in a row go back to one BLAS thread.
+SMALL_STREAK = 64
 
 #: Variables by which a user sets the BLAS thread count; when one is set (and XPDL_THREADS is not),
 #: xpdl leaves the BLAS alone.
@@ -74,9 +81,9 @@ def manages_blas(environ: Any = None) -> bool:
     return not any(environ.get(name, "").strip() for name in USER_BLAS_VARIABLES)
 
 
-def product_threads(m: int, k: int, n: int, budget: int) -> int:
-    """BLAS threads for an (m, k) @ (k, n) product under the policy above."""
-    return 1 if m * k * n < SMALL_PRODUCT else budget
+def is_small(m: int, k: int, n: int) -> bool:
+    """Whether an (m, k) @ (k, n) product is small (:data:`SMALL_PRODUCT`)."""
+    return m * k * n < SMALL_PRODUCT
 
 
 class BlasThreads:
@@ -90,6 +97,7 @@ class BlasThreads:
             self.budget = usable_cores()
         self._controllers: list[Any] | None = None if manages_blas(environ) else []
         self.current: int | None = None
+        self.small_streak = SMALL_STREAK  # small products in a row; a process starts on one thread
 
     def _blas(self) -> list[Any]:
         if self._controllers is None:
@@ -110,8 +118,14 @@ class BlasThreads:
             controller.set_num_threads(threads)
 
     def for_product(self, m: int, k: int, n: int) -> None:
-        """Set the thread count for an (m, k) @ (k, n) product."""
-        self.set(product_threads(m, k, n, self.budget))
+        """Set the thread count for an (m, k) @ (k, n) product (the policy in the module docstring)."""
+        if is_small(m, k, n):
+            self.small_streak += 1
+            if self.small_streak >= SMALL_STREAK:
+                self.set(1)
+        else:
+            self.small_streak = 0
+            self.set(self.budget)
 
 
 _BLAS: BlasThreads | None = None
