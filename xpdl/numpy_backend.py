@@ -7,6 +7,8 @@
   or none); its backward is one compiled pass (two for batch norm's column
   sums) and the matrix products into kept buffers, without the first layer's
   input gradient;
+- every matrix product runs on the BLAS threads :mod:`xpdl.threads` gives it
+  (one thread for a net of small products);
 - the L2 term is added in place;
 - every update rule with a kernel in :data:`xpdl.cpu_kernels.UPDATE_KERNELS`
   runs as one in-place pass per parameter, in the parameters' dtype.
