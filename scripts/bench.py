@@ -20,6 +20,15 @@ Examples::
     python scripts/bench.py --config medium --repeats 20 --json out.json
     python scripts/bench.py --config small,medium --memory --sweep
     python scripts/bench.py --backend cupy --no-torch
+    python scripts/bench.py --config small,medium --profile   # where a step's time goes
+
+``--profile`` (NumPy backend) times every part of an xpdl step on its own, with
+wrappers around the backend's matrix products, compiled kernels, dropout words,
+loss and update: per part the milliseconds per step, what it computes (GFLOP) or
+moves through memory (MB: the bytes of the arrays it reads and writes, each once),
+and the rate that makes; ``python`` is the rest of the step (the step's time minus
+its timed parts). ``--threads-ab`` adds a contender ``xpdl-all-threads`` with every
+matrix product on all BLAS threads (the policy before :mod:`xpdl.threads`).
 """
 
 from __future__ import annotations
@@ -280,6 +289,27 @@ def xpdl_contender(xpdl: ModuleType, be: Any, sizes: list[int], X: np.ndarray, y
     except Exception as exc:
         return unavailable("xpdl", f"{type(exc).__name__}: {exc}".splitlines()[0])
     return Contender("xpdl", step, be.synchronize)
+
+
+def all_threads_contender(
+    xpdl: ModuleType, be: Any, sizes: list[int], X: np.ndarray, y: np.ndarray, batch: int
+) -> Contender:
+    """xpdl with every matrix product on all BLAS threads: the thread policy before :mod:`xpdl.threads`."""
+    from xpdl import threads
+
+    c = xpdl_contender(xpdl, be, sizes, X, y, batch)
+    if c.step is None:
+        return unavailable("xpdl-all-threads", c.na)
+    inner = c.step
+
+    def step() -> Any:
+        saved, threads.SMALL_PRODUCT = threads.SMALL_PRODUCT, 0
+        try:
+            return inner()
+        finally:
+            threads.SMALL_PRODUCT = saved
+
+    return Contender("xpdl-all-threads", step, c.sync)
 
 
 def make_torch_model(torch: ModuleType, sizes: list[int], device: str) -> Any:
@@ -549,7 +579,15 @@ def format_memory(name: str, mem: dict[str, Any], req: dict[str, int]) -> str:
 
 
 def run_config(
-    name: str, xpdl: ModuleType, be: Any, torch: ModuleType | None, torch_na: str, gpu: bool, repeats: int, warmup: int
+    name: str,
+    xpdl: ModuleType,
+    be: Any,
+    torch: ModuleType | None,
+    torch_na: str,
+    gpu: bool,
+    repeats: int,
+    warmup: int,
+    threads_ab: bool = False,
 ) -> dict[str, Any]:
     cfg = CONFIGS[name]
     batch, sizes = cfg["batch"], cfg["sizes"]
@@ -560,6 +598,8 @@ def run_config(
         torch_contender(torch, torch_na, be, sizes, X, y, batch, fused=True),
         floor_contender(gpu, be, sizes, batch),
     ]
+    if threads_ab:
+        contenders.append(all_threads_contender(xpdl, be, sizes, X, y, batch))
     time_contenders(contenders, repeats, warmup)
     res: dict[str, Any] = {
         "config": name,
@@ -628,6 +668,11 @@ def format_table(results: list[dict[str, Any]]) -> str:
                 _fmt(r["batch"] / (x / 1e3) if x else None, ",.0f"),
             ]
         )
+        if "xpdl-all-threads" in r["ratios"]:
+            notes.append(
+                f"  {r['config']}: xpdl-all-threads {_fmt(ms['xpdl-all-threads'], '.2f')} ms;"
+                f" xpdl/xpdl-all-threads {_fmt(r['ratios']['xpdl-all-threads'], '.3f')} (paired)"
+            )
         for k, v in r["contenders"].items():
             if v["na"]:
                 notes.append(f"  {r['config']}: {k} n/a: {v['na']}")
@@ -687,6 +732,195 @@ def format_sweep(rows: list[dict[str, Any]]) -> str:
 
 
 # --------------------------------------------------------------------------
+# Profile: where an xpdl step's time goes (NumPy backend)
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Part:
+    """One part of a step: total seconds and calls over the profiled steps, and its work per call."""
+
+    name: str
+    seconds: float = 0.0
+    calls: int = 0
+    flops: float = 0.0  # per profiled run, summed over calls
+    bytes: float = 0.0
+
+
+def _array_bytes(args: tuple[Any, ...]) -> int:
+    return sum(a.nbytes for a in args if isinstance(a, np.ndarray) and a.ndim > 0)
+
+
+def profile_step(xpdl: ModuleType, be: Any, name: str, steps: int = 0, warmup: int = 3) -> dict[str, Any]:
+    """Time each part of ``steps`` xpdl steps of config ``name`` (enough for about a second when 0)."""
+    import xpdl.numpy_backend as nb
+    from xpdl import cpu_kernels
+
+    cfg = CONFIGS[name]
+    batch, sizes = cfg["batch"], cfg["sizes"]
+    X, y = make_data(batch, sizes[0])
+    _, tr = build_xpdl(xpdl, be, sizes, X, y, batch)
+    batches = itertools.cycle(device_batches(be, X, y, batch))
+    parts: dict[str, Part] = {}
+    active = [False]
+
+    def record(label: str, t: float, flops: float, nbytes: float) -> None:
+        if not active[0]:
+            return
+        p = parts.setdefault(label, Part(label))
+        p.seconds += t
+        p.calls += 1
+        p.flops += flops
+        p.bytes += nbytes
+
+    def matmul(a: Any, b: Any, out: Any) -> Any:
+        t0 = time.perf_counter()
+        r = orig_matmul(a, b, out)
+        m, k, n = a.shape[0], a.shape[1], b.shape[1]
+        kind = (
+            "dW = X.T @ dA"
+            if a.strides[0] < a.strides[1]
+            else ("dX = dA @ W.T" if b.strides[0] < b.strides[1] else "A = X @ W")
+        )
+        record(f"matmul {kind} {m}x{k}x{n}", time.perf_counter() - t0, 2.0 * m * k * n, _array_bytes((a, b, out)))
+        return r
+
+    def wrap_kernel(label: str, f: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            r = f(*args, **kw)
+            t = time.perf_counter() - t0
+            arrays = (*args, r)
+            shape = next((a.shape for a in arrays if isinstance(a, np.ndarray) and a.ndim == 2), None)
+            where = "x".join(map(str, shape)) if shape else f"{args[0].size}"
+            record(f"{label} {where}", t, 0.0, _array_bytes(arrays))
+            return r
+
+        return timed
+
+    def wrap_method(label: str, f: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            r = f(*args, **kw)
+            record(label, time.perf_counter() - t0, 0.0, _array_bytes(args[1:]))
+            return r
+
+        return timed
+
+    orig_matmul = nb._matmul
+    kernel_names = [
+        n for n in dir(cpu_kernels) if callable(getattr(cpu_kernels, n)) and hasattr(getattr(cpu_kernels, n), "py_func")
+    ]
+    saved_kernels = {n: getattr(cpu_kernels, n) for n in kernel_names}
+    saved_updates = dict(cpu_kernels.UPDATE_KERNELS)
+    cls = type(be)
+    saved_methods = {m: cls.__dict__.get(m) for m in ("softmax_loss", "update")}
+    saved_words = nb.dropout_words
+    try:
+        nb._matmul = matmul
+        for n, f in saved_kernels.items():
+            setattr(cpu_kernels, n, wrap_kernel(n, f))
+        for rule, (kernel, args) in saved_updates.items():
+            cpu_kernels.UPDATE_KERNELS[rule] = (wrap_kernel(f"{kernel.__name__}", kernel), args)
+        cls.softmax_loss = wrap_method("softmax loss + its gradient", cls.softmax_loss)
+        cls.update = wrap_method("update (Python around the kernel)", cls.update)
+        nb.dropout_words = wrap_kernel("dropout random words", saved_words)
+        step = lambda: tr.step(*next(batches))  # noqa: E731
+        for _ in range(warmup):
+            step()
+        if steps <= 0:
+            t0 = time.perf_counter()
+            step()
+            steps = max(5, math.ceil(1.0 / max(time.perf_counter() - t0, 1e-6)))
+        active[0] = True
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        total = time.perf_counter() - t0
+    finally:
+        active[0] = False
+        nb._matmul = orig_matmul
+        for n, f in saved_kernels.items():
+            setattr(cpu_kernels, n, f)
+        cpu_kernels.UPDATE_KERNELS.clear()
+        cpu_kernels.UPDATE_KERNELS.update(saved_updates)
+        for m, f in saved_methods.items():
+            if f is None:
+                delattr(cls, m)
+            else:
+                setattr(cls, m, f)
+        nb.dropout_words = saved_words
+    update = parts.pop("update (Python around the kernel)", None)
+    if update is not None:  # its kernels are timed on their own; what remains is the Python around them
+        inner = sum(p.seconds for p in parts.values() if p.name.split()[0].endswith("_update"))
+        update.seconds -= inner
+        update.bytes = 0.0
+        parts[update.name] = update
+    timed = sum(p.seconds for p in parts.values())
+    rows = [
+        {
+            "part": p.name,
+            "calls_per_step": p.calls / steps,
+            "ms_per_step": p.seconds / steps * 1e3,
+            "share": p.seconds / total,
+            "gflop_per_step": p.flops / steps / 1e9,
+            "mb_per_step": p.bytes / steps / 1e6,
+            "gflops": p.flops / p.seconds / 1e9 if p.flops and p.seconds else None,
+            "gbs": p.bytes / p.seconds / 1e9 if p.bytes and p.seconds else None,
+        }
+        for p in parts.values()
+    ]
+    rows.append(
+        {
+            "part": "python (rest of the step)",
+            "calls_per_step": 1.0,
+            "ms_per_step": (total - timed) / steps * 1e3,
+            "share": (total - timed) / total,
+            "gflop_per_step": 0.0,
+            "mb_per_step": 0.0,
+            "gflops": None,
+            "gbs": None,
+        }
+    )
+    return {
+        "config": name,
+        "batch": batch,
+        "sizes": sizes,
+        "steps": steps,
+        "step_ms": total / steps * 1e3,
+        "parts": rows,
+    }
+
+
+def format_profile(prof: dict[str, Any]) -> str:
+    head = (
+        f"{prof['config']} {'-'.join(map(str, prof['sizes']))}, batch {prof['batch']}:"
+        f" {prof['step_ms']:.2f} ms/step over {prof['steps']} steps"
+    )
+    cols = ["part", "calls", "ms/step", "share", "GFLOP", "MB", "GFLOP/s", "GB/s"]
+    rows = [cols]
+    for r in prof["parts"]:
+        rows.append(
+            [
+                r["part"],
+                f"{r['calls_per_step']:.0f}",
+                f"{r['ms_per_step']:.3f}",
+                f"{100 * r['share']:.1f}%",
+                f"{r['gflop_per_step']:.3f}" if r["gflop_per_step"] else "",
+                f"{r['mb_per_step']:.2f}" if r["mb_per_step"] else "",
+                _fmt(r["gflops"], ".1f") if r["gflops"] else "",
+                _fmt(r["gbs"], ".1f") if r["gbs"] else "",
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join([head, *lines])
+
+
+# --------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------
 
@@ -740,6 +974,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--memory", action="store_true", help="peak memory of one xpdl step against the bytes that must exist"
     )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="per config, the time of each part of an xpdl step beside its GFLOP and MB (NumPy backend only)",
+    )
+    p.add_argument(
+        "--threads-ab",
+        action="store_true",
+        help="also time xpdl with every matrix product on all BLAS threads (the policy before xpdl.threads)",
+    )
     return p.parse_args(argv)
 
 
@@ -769,10 +1013,28 @@ def main(argv: list[str] | None = None) -> int:
     print(format_header(env), file=sys.stderr)
     report: dict[str, Any] = {"env": env, "results": []}
 
+    if args.profile:
+        if gpu:
+            sys.exit("error: --profile times the NumPy backend's parts; run it with --backend numpy")
+        report["profile"] = []
+        print()
+        print(format_header(env))
+        for name in configs:
+            prof = profile_step(xpdl, be, name, warmup=args.warmup)
+            report["profile"].append(prof)
+            print()
+            print(format_profile(prof))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=2)
+        return 0
+
     for name in configs:
         repeats = args.repeats or (DEFAULT_REPEATS_GPU if gpu else DEFAULT_REPEATS_CPU)[name]
         print(f"running {name} ({repeats} rounds)...", file=sys.stderr)
-        report["results"].append(run_config(name, xpdl, be, torch, torch_na, gpu, repeats, args.warmup))
+        report["results"].append(
+            run_config(name, xpdl, be, torch, torch_na, gpu, repeats, args.warmup, args.threads_ab)
+        )
 
     if args.memory:
         report["memory"] = {}

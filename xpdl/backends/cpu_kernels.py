@@ -8,7 +8,11 @@ while, and a second thread pool beside them would stall, so these kernels run
 on the calling thread.
 
 Imported only when a NumPy training step first runs (``import xpdl`` does not
-load numba). Compilations are cached on disk, so only the first run pays.
+load numba). Compilations are cached on disk, so only the first run pays, and it
+pays little: no compiled kernel calls another (the fused batch-norm passes are
+Python compositions of the stage kernels), and scratch arrays come from
+``np.empty`` alone (each NumPy constructor used inside a kernel is one more
+function numba compiles on a cold start); ``docs/performance.md`` has the figures.
 
 Array arguments: ``a``, ``h``, ``xhat``, ``dh``, ``da`` (N, H) in the
 parameters' dtype; ``b``, ``gamma``, ``beta`` (H,); ``words`` (N, H) uint32
@@ -46,7 +50,6 @@ def _relu_dropout_grad(dh, h, dropout, scale):
     return g
 
 
-@njit(**_JIT)
 def bn_relu_dropout_forward(
     a, b, gamma, beta, running_mean, running_var, momentum, eps, words, threshold, scale, xhat, h, keep, inv_std
 ):
@@ -57,17 +60,18 @@ def bn_relu_dropout_forward(
     place with the batch mean and biased variance. Dropout keeps an element when
     its uint32 word is below ``threshold`` and scales it by ``scale = 1/p``.
     Column statistics are accumulated in float64, in two passes (mean, then the
-    squared deviations). The three stages are the kernels below, which a rank of
-    a data-parallel job runs one by one, summing the statistics over the ranks in between.
+    squared deviations). The stages are the compiled kernels below, called one by one
+    from Python (as a rank of a data-parallel job does, summing the statistics over the
+    ranks in between): a few microseconds more per call than one compiled kernel, and
+    each compiled function is compiled once, not again inside a caller.
     """
     n, d = a.shape
     mean = np.zeros(d, np.float64)
     column_sums(a, mean)
-    for j in range(d):
-        mean[j] /= n
+    mean /= n
     var = np.zeros(d, np.float64)
     column_squared_deviations(a, mean, var)
-    bn_statistics(mean, var, n, b, running_mean, running_var, momentum, eps, inv_std)
+    bn_statistics(mean, var, float(n), b, running_mean, running_var, momentum, eps, inv_std)  # float: as a rank
     bn_normalize_relu_dropout(a, mean, inv_std, gamma, beta, words, threshold, scale, xhat, h, keep)
 
 
@@ -75,7 +79,9 @@ def bn_relu_dropout_forward(
 def column_sums(a, out):
     """``out[j] += sum_i a[i, j]`` for ``a`` (N, H); ``out`` (>= H,) float64 (a zeroed buffer gives the sums)."""
     n, d = a.shape
-    acc = np.zeros(d, np.float64)  # a local accumulator: the compiler knows it aliases nothing, and vectorizes
+    acc = np.empty(d, np.float64)  # a local accumulator: the compiler knows it aliases nothing, and vectorizes
+    for j in range(d):
+        acc[j] = 0.0
     for i in range(n):
         for j in range(d):
             acc[j] += a[i, j]
@@ -87,8 +93,11 @@ def column_sums(a, out):
 def column_squared_deviations(a, mean, out):
     """``out[j] += sum_i (a[i, j] - mean[j])**2`` for ``a`` (N, H); ``mean``, ``out`` (H,) float64."""
     n, d = a.shape
-    mu = mean[:d].copy()
-    acc = np.zeros(d, np.float64)
+    mu = np.empty(d, np.float64)
+    acc = np.empty(d, np.float64)
+    for j in range(d):
+        mu[j] = mean[j]
+        acc[j] = 0.0
     for i in range(n):
         for j in range(d):
             t = a[i, j] - mu[j]
@@ -123,7 +132,6 @@ def bn_normalize_relu_dropout(a, mean, inv_std, gamma, beta, words, threshold, s
             h[i, j] = _relu_dropout(gamma[j] * xh + beta[j], i, j, dropout, words, threshold, scale, keep)
 
 
-@njit(**_JIT)
 def bn_relu_dropout_backward(dh, h, xhat, gamma, inv_std, keep, scale, da, dgamma, dbeta, db):
     """Backward pass of :func:`bn_relu_dropout_forward`.
 
@@ -133,17 +141,16 @@ def bn_relu_dropout_backward(dh, h, xhat, gamma, inv_std, keep, scale, da, dgamm
     ``dx = gamma * inv_std / N * (N * d - sum(d) - xhat * sum(d * xhat))`` with ``d``
     the gradient at the batch-norm output. A unit passes gradient when
     ``h > 0``, which is exactly when ReLU was active and dropout kept it. The two
-    passes are the kernels below (a data-parallel rank sums the column sums over the
-    ranks between them).
+    passes are the compiled kernels below, called from Python (a data-parallel rank
+    sums the column sums over the ranks between them).
     """
     n, m = dh.shape
     sums = np.zeros(2 * m, np.float64)
     relu_dropout_bn_sums(dh, h, xhat, keep, scale, da, sums)
-    for j in range(m):
-        dbeta[j] = sums[j]
-        dgamma[j] = sums[m + j]
-        db[j] = 0.0  # batch norm cancels the bias: its gradient is exactly zero
-    bn_input_grad(da, xhat, gamma, inv_std, n, sums)
+    dbeta[...] = sums[:m]
+    dgamma[...] = sums[m:]
+    db[...] = 0.0  # batch norm cancels the bias: its gradient is exactly zero
+    bn_input_grad(da, xhat, gamma, inv_std, float(n), sums)  # float count, as a rank passes: one specialization
 
 
 @njit(**_JIT)
@@ -155,8 +162,11 @@ def relu_dropout_bn_sums(dh, h, xhat, keep, scale, d, sums):
     """
     n, m = dh.shape
     dropout = keep.shape[0] > 0
-    sum_d = np.zeros(m, np.float64)  # local accumulators: the compiler knows they alias nothing, and vectorizes
-    sum_dx = np.zeros(m, np.float64)
+    sum_d = np.empty(m, np.float64)  # local accumulators: the compiler knows they alias nothing, and vectorizes
+    sum_dx = np.empty(m, np.float64)
+    for j in range(m):
+        sum_d[j] = 0.0
+        sum_dx[j] = 0.0
     for i in range(n):
         for j in range(m):
             g = _relu_dropout_grad(dh[i, j], h[i, j], dropout, scale)
@@ -177,10 +187,12 @@ def bn_input_grad(d, xhat, gamma, inv_std, count, sums):
     """
     n, m = d.shape
     coef = np.empty(m, np.float64)
-    sum_d = sums[:m].copy()  # local copies: the compiler knows they alias nothing, and vectorizes
-    sum_dx = sums[m : 2 * m].copy()
+    sum_d = np.empty(m, np.float64)  # local copies: the compiler knows they alias nothing, and vectorizes
+    sum_dx = np.empty(m, np.float64)
     for j in range(m):
         coef[j] = gamma[j] * inv_std[j] / count
+        sum_d[j] = sums[j]
+        sum_dx[j] = sums[m + j]
     for i in range(n):
         for j in range(m):
             d[i, j] = coef[j] * (count * d[i, j] - sum_d[j] - xhat[i, j] * sum_dx[j])
@@ -201,7 +213,9 @@ def relu_dropout_backward(dh, h, keep, scale, da, db):
     """Backward of :func:`bias_relu_dropout_forward`: ``da`` (N, H) and ``db`` (H,)."""
     n, m = dh.shape
     dropout = keep.shape[0] > 0
-    col = np.zeros(m, np.float64)
+    col = np.empty(m, np.float64)
+    for j in range(m):
+        col[j] = 0.0
     for i in range(n):
         for j in range(m):
             g = _relu_dropout_grad(dh[i, j], h[i, j], dropout, scale)
@@ -248,9 +262,13 @@ def ln_relu_dropout_backward(dh, h, xhat, gamma, inv_std, keep, scale, da, dgamm
     """
     n, m = dh.shape
     dropout = keep.shape[0] > 0
-    col_d = np.zeros(m, np.float64)
-    col_dx = np.zeros(m, np.float64)
-    col_da = np.zeros(m, np.float64)
+    col_d = np.empty(m, np.float64)
+    col_dx = np.empty(m, np.float64)
+    col_da = np.empty(m, np.float64)
+    for j in range(m):
+        col_d[j] = 0.0
+        col_dx[j] = 0.0
+        col_da[j] = 0.0
     for i in range(n):
         sum_d = 0.0
         sum_dx = 0.0
@@ -390,3 +408,33 @@ UPDATE_KERNELS = {
     "adam": (adam_update, adam_args),
     "adamw": (adamw_update, adamw_args),
 }
+
+
+def _default_run_arguments(dtype: type = np.float32) -> dict[str, tuple]:
+    """Small arguments of the types a default ``xpdl train`` passes (float32), per kernel it calls."""
+    n, d = 4, 3
+    a = np.ones((n, d), dtype)
+    vec = np.ones(d, dtype)
+    f64 = np.ones(d, np.float64)
+    words, keep = np.ones((n, d), np.uint32), np.ones((n, d), np.uint8)
+    w = np.ones(5, dtype)
+    cast = np.dtype(dtype).type
+    return {
+        "relu_dropout_bn_sums": (a, a, a, keep, 2.0, a.copy(), np.zeros(2 * d)),
+        "bn_input_grad": (a.copy(), a, vec, f64, float(n), np.zeros(2 * d)),
+        "adam_update": (w, w.copy(), w.copy(), w.copy(), *adam_args((1e-3, 0.9, 0.999, 1e-8, 0.1, 0.1), cast)),
+        "bn_normalize_relu_dropout": (a, f64, f64, vec, vec, words, 2**31, 2.0, a.copy(), a.copy(), keep.copy()),
+        "bn_statistics": (f64, f64, float(n), vec, vec.copy(), vec.copy(), 0.9, 1e-5, f64.copy()),
+        "column_squared_deviations": (a, f64, np.zeros(d)),
+        "column_sums": (a, np.zeros(d)),
+    }
+
+
+def warm_up() -> None:
+    """Compile into numba's disk cache (or load from it) every kernel a default ``xpdl train`` calls.
+
+    ``python -c "from xpdl.cpu_kernels import warm_up; warm_up()"`` once (in an image build,
+    before starting many tune workers or ranks) spares the first runs their compile wait.
+    """
+    for name, args in _default_run_arguments().items():
+        globals()[name](*args)

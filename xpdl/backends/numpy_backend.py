@@ -7,6 +7,8 @@
   or none); its backward is one compiled pass (two for batch norm's column
   sums) and the matrix products into kept buffers, without the first layer's
   input gradient;
+- every matrix product runs on the BLAS threads :mod:`xpdl.threads` gives it
+  (one thread for a net of small products);
 - the L2 term is added in place;
 - every update rule with a kernel in :data:`xpdl.backends.cpu_kernels.UPDATE_KERNELS`
   runs as one in-place pass per parameter, in the parameters' dtype.
@@ -27,6 +29,7 @@ from xpdl.backends.base import Backend
 from xpdl.dropout_layers import check_keep_probability, dropout_words
 from xpdl.host import to_numpy
 from xpdl.rng import keep_threshold
+from xpdl.threads import matmul as _matmul
 
 _NO_WORDS = np.zeros((0, 0), np.uint32)
 _NO_KEEP = np.zeros((0, 0), np.uint8)
@@ -81,7 +84,7 @@ class NumpyBackend(Backend):
         n, width, dt = x.shape[0], W.shape[1], W.dtype
         a = _buffer(buffers, "a", (n, width), dt)
         h = _buffer(buffers, "h", (n, width), dt)
-        np.matmul(x, W, out=a)
+        _matmul(x, W, out=a)
         words, keep, threshold, scale = _NO_WORDS, _NO_KEEP, 2**32 - 1, 1.0
         if dropout_param is not None:
             p = check_keep_probability(dropout_param.get("p"))
@@ -171,12 +174,12 @@ class NumpyBackend(Backend):
                 grads[f"beta{i}"],
                 grads[f"b{i}"],
             )
-        grads[f"W{i}"] = np.matmul(c.x.T, da, out=_buffer(buffers, "dW", W.shape, dt))
-        dx = np.matmul(da, W.T, out=_buffer(buffers, "dx", c.x.shape, dt)) if input_grad else None
+        grads[f"W{i}"] = _matmul(c.x.T, da, out=_buffer(buffers, "dW", W.shape, dt))
+        dx = _matmul(da, W.T, out=_buffer(buffers, "dx", c.x.shape, dt)) if input_grad else None
         return dx, grads
 
     def output_forward(self, x, w, b, buffers=None):
-        scores = np.matmul(x, w, out=_buffer(buffers, "scores", (x.shape[0], w.shape[1]), w.dtype))
+        scores = _matmul(x, w, out=_buffer(buffers, "scores", (x.shape[0], w.shape[1]), w.dtype))
         scores += b
         return scores, (x, w)
 
@@ -195,9 +198,9 @@ class NumpyBackend(Backend):
 
     def output_backward(self, dscores, cache, input_grad=True, buffers=None):
         x, w = cache
-        dw = np.matmul(x.T, dscores, out=_buffer(buffers, "dW", w.shape, w.dtype))
+        dw = _matmul(x.T, dscores, out=_buffer(buffers, "dW", w.shape, w.dtype))
         db = np.sum(dscores, axis=0, out=_buffer(buffers, "db", (w.shape[1],), w.dtype))
-        dx = np.matmul(dscores, w.T, out=_buffer(buffers, "dx", x.shape, w.dtype)) if input_grad else None
+        dx = _matmul(dscores, w.T, out=_buffer(buffers, "dx", x.shape, w.dtype)) if input_grad else None
         return dx, dw, db
 
     def add_l2(self, dw, w, reg):

@@ -22,8 +22,9 @@ from pathlib import Path
 
 from xpdl.parallel.distributed import MPI_INSTALL_HINT
 
-#: The thread-count variables of the BLAS, OpenMP and numba runtimes NumPy and xpdl may use.
+#: The thread-count variables of xpdl (:mod:`xpdl.threads`) and of the BLAS, OpenMP and numba runtimes it may use.
 THREAD_VARIABLES = (
+    "XPDL_THREADS",
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
     "MKL_NUM_THREADS",
@@ -91,11 +92,16 @@ def check_process_count(count: int, option: str, cores: int | None = None) -> in
 
 
 def thread_environment(nproc: int, cores: int) -> dict[str, str]:
-    """The thread-count variables set to ``cores // nproc`` (at least 1) for each of ``nproc`` processes.
+    """The thread-count variables set to ``budget // nproc`` (at least 1) for each of ``nproc`` processes.
 
-    ``--nproc`` ranks and ``xpdl tune`` workers share a machine this way.
+    ``--nproc`` ranks and ``xpdl tune`` workers share a machine this way. The budget is
+    ``XPDL_THREADS`` when set, else ``cores`` (the policy of :mod:`xpdl.threads`); each
+    process gets its share as ``XPDL_THREADS`` too, so its small matrix products still
+    run on one BLAS thread.
     """
-    threads = str(max(cores // nproc, 1))
+    from xpdl.threads import thread_budget
+
+    threads = str(max(thread_budget(cores=cores) // nproc, 1))
     return dict.fromkeys(THREAD_VARIABLES, threads)
 
 
