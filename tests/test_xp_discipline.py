@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-XP_MODULES = ["layers.py", "dropout_layers.py", "bn_layers.py", "updater.py", "arrays.py"]
+XP_MODULES = ["layers.py", "dropout_layers.py", "bn_layers.py", "conv_layers.py", "updater.py", "arrays.py"]
 PACKAGE = Path(__file__).resolve().parent.parent / "xpdl"
 
 
