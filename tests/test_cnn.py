@@ -192,3 +192,17 @@ def test_bad_constructor_arguments_are_refused(kw, match):
 
 def test_exported_from_the_package():
     assert xpdl.ConvNet is cnn.ConvNet and xpdl.ThreeLayerConvNet is cnn.ThreeLayerConvNet
+
+
+def test_weights_plot_draws_the_first_conv_layers_filters(tmp_path):
+    from xpdl import plots
+
+    net = cnn.ConvNet(input_dim=(3, 8, 8), conv_dims=(5,), hidden_dims=(4,), seed=0, backend="numpy")
+    fig = plots.weights(net, (8, 8, 3))
+    assert fig.axes[0].get_title().startswith("First conv layer: 5 filters, 3x3")
+    image = fig.axes[0].images[0].get_array()
+    assert image.shape == (2 * 4 + 1, 3 * 4 + 1, 3)  # 2 rows x 3 columns of 3x3 RGB filters, 1-pixel borders
+    path = plots.write_weights(tmp_path, net, (8, 8, 3))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="1 or 3 input channels"):
+        plots.weights(np.zeros((4, 2, 3, 3)), (8, 8, 1))

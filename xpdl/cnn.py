@@ -82,6 +82,7 @@ def check_config(
     weight_scale: Any = "he",
     dtype: Any = "float32",
     model: Any = "conv",
+    channels_last: Any = False,
 ) -> dict[str, Any]:
     """The architecture arguments of :class:`ConvNet`, checked and normalized; nothing is allocated.
 
@@ -90,6 +91,8 @@ def check_config(
     """
     if model != "conv":
         raise ValueError(f"model: expected 'conv', got {model!r}")
+    if not isinstance(channels_last, (bool, np.bool_)):
+        raise TypeError(f"channels_last: expected True or False, got {channels_last!r}")
     if isinstance(input_dim, (int, str, bytes, dict)) or not hasattr(input_dim, "__iter__"):
         raise ValueError(f"input_dim: expected (C, H, W), got {input_dim!r}")
     input_dim = [_positive_int(d, "input_dim[]") for d in input_dim]
@@ -147,6 +150,7 @@ def check_config(
         "reg": reg,
         "weight_scale": weight_scale,
         "dtype": dtype,
+        "channels_last": bool(channels_last),
     }
 
 
@@ -188,6 +192,8 @@ class ConvNet(FullyConnectedNet):
         reg: L2 regularization strength over every weight (conv and affine).
         weight_scale: standard deviation of the initial weights, or ``"he"``: ``sqrt(2 / fan_in)``.
         seed, dtype, backend: as :class:`xpdl.FullyConnectedNet`.
+        channels_last: inputs come as (N, H, W, C) images (or flattened in that order, as xpdl's
+            datasets hold them) and are transposed to (N, C, H, W); False (default): (N, C, H, W).
 
     Attributes:
         params: ``W1..WK`` (F, C, HH, WW) and ``b1..bK`` of the conv blocks, ``gamma``/``beta`` (F,)
@@ -212,6 +218,7 @@ class ConvNet(FullyConnectedNet):
         dtype: str = "float32",
         backend: str | Backend | None = None,
         model: str = "conv",
+        channels_last: bool = False,
     ) -> None:
         cfg = check_config(
             input_dim=input_dim,
@@ -226,7 +233,9 @@ class ConvNet(FullyConnectedNet):
             weight_scale=weight_scale,
             dtype=dtype,
             model=model,
+            channels_last=channels_last,
         )
+        self.channels_last = cfg["channels_last"]
         self.image_shape = tuple(cfg["input_dim"])
         self.input_dim = math.prod(self.image_shape)
         self.conv_dims, self.hidden_dims = cfg["conv_dims"], cfg["hidden_dims"]
@@ -285,9 +294,16 @@ class ConvNet(FullyConnectedNet):
 
     # ------------------------------------------------------------------ inputs
     def as_input(self, X: Any) -> Any:
-        """``X`` (N, C, H, W) (or anything with C·H·W features per sample) as an (N, C, H, W) device array."""
+        """``X`` (N, C, H, W) (or anything with C·H·W features per sample) as an (N, C, H, W) device array.
+
+        With ``channels_last``, ``X`` holds (N, H, W, C) images and is transposed.
+        """
         X = super().as_input(X)
-        return self.backend.xp.reshape(X, (X.shape[0], *self.image_shape))
+        xp = self.backend.xp
+        c, h, w = self.image_shape
+        if self.channels_last:
+            return xp.permute_dims(xp.reshape(X, (X.shape[0], h, w, c)), (0, 3, 1, 2))
+        return xp.reshape(X, (X.shape[0], c, h, w))
 
     # --------------------------------------------------------------- the math
     def scores(self, X: Any) -> Any:
@@ -369,6 +385,7 @@ class ConvNet(FullyConnectedNet):
             "reg": self.reg,
             "weight_scale": self.weight_scale,
             "dtype": self.dtype,
+            "channels_last": self.channels_last,
         }
 
 

@@ -54,6 +54,7 @@ def check_config(
     conv_dims: Any = _UNSET,
     filter_size: Any = _UNSET,
     groups: Any = _UNSET,
+    channels_last: Any = _UNSET,
 ) -> dict[str, Any]:
     """A saved net's config checked by its net's ``check_config``: :mod:`xpdl.cnn`'s when ``model == "conv"``.
 
