@@ -49,7 +49,8 @@ DEFAULTS: dict[str, Any] = {
 MODEL_CHOICES = ("fc", "conv", "three-layer-conv")
 
 #: Defaults that differ by ``--model`` (the others are :data:`DEFAULTS`'). The conv net's reach
-#: 0.985+ test accuracy on the shipped digits in well under a minute on two cores.
+#: 0.986 test accuracy on the shipped digits with seed 0 in about 10 s on two cores (seeds 0-3:
+#: 0.978 to 0.986; the best-validation model of a 300-image validation split is what is tested).
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "conv": {
         "hidden_dims": [256],
@@ -57,6 +58,7 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "dropout": 0.5,
         "reg": 1e-3,
         "weight_scale": "he",
+        "lr": 1e-3,
         "epochs": 20,
     },
     "three-layer-conv": {
