@@ -206,3 +206,14 @@ def test_weights_plot_draws_the_first_conv_layers_filters(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="1 or 3 input channels"):
         plots.weights(np.zeros((4, 2, 3, 3)), (8, 8, 1))
+
+
+def test_channels_last_nets_read_hwc_images(backend):
+    rng = np.random.default_rng(3)
+    nchw = rng.standard_normal((4, 3, 4, 4))
+    nhwc = nchw.transpose(0, 2, 3, 1)
+    first = tiny(backend, input_dim=(3, 4, 4))
+    last = tiny(backend, input_dim=(3, 4, 4), channels_last=True)
+    assert_close(last.as_input(nhwc.reshape(4, -1)), host(first.as_input(nchw)), rtol=0)
+    assert_close(last.loss(nhwc), host(first.loss(nchw)), rtol=1e-12)
+    assert last.config()["channels_last"] is True
