@@ -27,6 +27,15 @@ from numba import njit
 _JIT = {"cache": True, "nogil": True, "fastmath": False, "error_model": "numpy"}
 
 
+@njit(inline="always")
+def _valid(j, pad, stride, w_, wo):
+    """The output columns ``[lo, hi)`` whose tap ``ow * stride - pad + j`` falls inside ``[0, w_)``."""
+    lo = 0 if j >= pad else (pad - j + stride - 1) // stride
+    hi = (w_ + pad - j + stride - 1) // stride
+    hi = min(max(hi, lo), wo)
+    return min(lo, wo), hi
+
+
 @njit(**_JIT)
 def im2col(x, hh, ww, stride, pad, cols):
     """Fill ``cols`` with the zero-padded input's taps (see the module docstring for the layout)."""
@@ -47,9 +56,13 @@ def im2col(x, hh, ww, stride, pad, cols):
                             for ow in range(wo):
                                 cols[k, col + ow] = zero
                             continue
-                        for ow in range(wo):
-                            iw = ow * stride - pad + j
-                            cols[k, col + ow] = x[n, c, ih, iw] if 0 <= iw < w_ else zero
+                        lo, hi = _valid(j, pad, stride, w_, wo)
+                        for ow in range(lo):
+                            cols[k, col + ow] = zero
+                        for ow in range(lo, hi):
+                            cols[k, col + ow] = x[n, c, ih, ow * stride - pad + j]
+                        for ow in range(hi, wo):
+                            cols[k, col + ow] = zero
 
 
 @njit(**_JIT)
@@ -70,10 +83,9 @@ def col2im(dcols, hh, ww, stride, pad, dxp):
                         if ih < 0 or ih >= h_:
                             continue
                         col = n * p + oh * wo
-                        for ow in range(wo):
-                            iw = ow * stride - pad + j
-                            if 0 <= iw < w_:
-                                dxp[c, n, ih, iw] += dcols[k, col + ow]
+                        lo, hi = _valid(j, pad, stride, w_, wo)
+                        for ow in range(lo, hi):
+                            dxp[c, n, ih, ow * stride - pad + j] += dcols[k, col + ow]
 
 
 @njit(**_JIT)
