@@ -105,3 +105,32 @@ def test_conv_defaults_reach_98_5_percent_test_accuracy_on_digits(tmp_path, caps
     assert code == 0
     test_acc = float(out.split("test acc ")[1].split(";")[0])
     assert test_acc >= 0.985, out
+
+
+def _mpi_problem() -> str:
+    from xpdl.parallel import launch
+
+    try:
+        import mpi4py  # noqa: F401
+
+        launch.find_mpiexec()
+    except (ImportError, launch.LaunchError) as exc:
+        return str(exc)
+    return ""
+
+
+@pytest.mark.skipif(bool(_mpi_problem()), reason=f"needs mpi4py and mpiexec: {_mpi_problem()}")
+def test_nproc_2_conv_run_matches_one_process(tmp_path):
+    """Synchronized spatial batch norm and the ranks' rows of dropout: two ranks train the one-process net."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    opts = ["train", "--model", "conv", "--conv-dims", "4,6", "--hidden-dims", "16", "--epochs", "1",
+            "--dtype", "float64", "--backend", "numpy", "--quiet"]  # fmt: skip
+    env = {**__import__("os").environ, "PYTHONPATH": str(repo), "XPDL_QUIET": "1"}
+    for name, extra in (("two", ["--nproc", "2"]), ("one", [])):
+        cmd = [sys.executable, "-m", "xpdl", *opts, *extra, "--out", str(tmp_path / name)]
+        subprocess.run(cmd, check=True, env=env, timeout=300, capture_output=True)
+    two, one = (json.loads((tmp_path / n / "history.json").read_text())["loss_history"] for n in ("two", "one"))
+    np.testing.assert_allclose(two, one, rtol=1e-12)
