@@ -340,10 +340,19 @@ class ConvNet(FullyConnectedNet):
         def ws(index: int) -> dict | None:
             return None if buffers is None else buffers.setdefault(index, {})
 
+        def conv_ws(index: int) -> dict | None:
+            """A block's workspace dict, holding under "shared" the one all conv blocks share for the
+            buffers a backward pass uses only while it runs."""
+            if buffers is None:
+                return None
+            mine = buffers.setdefault(index, {})
+            mine.setdefault("shared", buffers.setdefault("conv_shared", {}))
+            return mine
+
         conv_caches, caches = [], []
         h = X
         for block in self.conv_blocks:
-            h, cache = ops.conv_block_forward(h, self.params, block, ws(block.index))
+            h, cache = ops.conv_block_forward(h, self.params, block, conv_ws(block.index))
             conv_caches.append(cache)
         conv_shape = tuple(h.shape)
         h = xp.reshape(h, (h.shape[0], -1))
@@ -363,7 +372,7 @@ class ConvNet(FullyConnectedNet):
             reg_sum = reg_sum + self._layer_grads_ready(ops, layer_grads, grads, on_grads, regularize)
         dh = xp.reshape(dh, conv_shape)
         for block, cache in zip(reversed(self.conv_blocks), reversed(conv_caches)):
-            dh, block_grads = ops.conv_block_backward(dh, cache, block.index > 1 or input_grad, ws(block.index))
+            dh, block_grads = ops.conv_block_backward(dh, cache, block.index > 1 or input_grad, conv_ws(block.index))
             reg_sum = reg_sum + self._layer_grads_ready(ops, block_grads, grads, on_grads, regularize)
         if self.reg and regularize:
             loss = loss + 0.5 * self.reg * reg_sum

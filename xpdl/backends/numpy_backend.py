@@ -19,6 +19,7 @@ is a fresh array. The numbers are those of the reference methods, to rounding
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,20 @@ def _buffer(buffers: dict | None, key: str, shape: tuple[int, ...], dtype: Any) 
     if buf is None or buf.shape != shape or buf.dtype != dtype:
         buf = buffers[key] = np.empty(shape, dtype)
     return buf
+
+
+def _transient(buffers: dict | None, key: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """:func:`_buffer` for a buffer used only while one backward call runs: with ``buffers["shared"]``
+    (a dict every conv block of a net shares), a view of one flat array per key, grown to the largest
+    block's size, so the blocks take turns with it."""
+    shared = None if buffers is None else buffers.get("shared")
+    if shared is None:
+        return _buffer(buffers, key, shape, dtype)
+    size = math.prod(shape)
+    flat = shared.get((key, np.dtype(dtype).str))
+    if flat is None or flat.size < size:
+        flat = shared[(key, np.dtype(dtype).str)] = np.empty(size, dtype)
+    return flat[:size].reshape(shape)
 
 
 class _HiddenCache:
@@ -304,7 +319,7 @@ class NumpyBackend(Backend):
         n, _, h, w = cache.x_shape
         dt = W.dtype
         m = cols.shape[1]
-        da = _buffer(buffers, "da", (f, m), dt)
+        da = _transient(buffers, "da", (f, m), dt)
         pw, ps, ho, wo = cache.pool
         k.max_pool_relu_backward(dh, cache.arg, cache.a.reshape(f, n, ho, wo), pw, ps, da.reshape(f, n, ho, wo))
         grads = {}
@@ -317,13 +332,13 @@ class NumpyBackend(Backend):
         else:
             db = np.sum(da, axis=1, out=_buffer(buffers, "db", (f,), dt))
         # cols (K, M) @ da.T (M, F): BLAS runs this long-M product several times faster than da @ cols.T
-        dWT = np.matmul(cols, da.T, out=_buffer(buffers, "dWT", (c * hh * ww, f), dt))
+        dWT = np.matmul(cols, da.T, out=_transient(buffers, "dWT", (c * hh * ww, f), dt))
         dW = _buffer(buffers, "dW", (f, c * hh * ww), dt)
         dW[...] = dWT.T
         grads[f"W{i}"], grads[f"b{i}"] = dW.reshape(W.shape), db
         if not input_grad:
             return None, grads
-        dcols = np.matmul(W.reshape(f, -1).T, da, out=_buffer(buffers, "dcols", cols.shape, dt))
+        dcols = np.matmul(W.reshape(f, -1).T, da, out=_transient(buffers, "dcols", cols.shape, dt))
         dxp = _buffer(buffers, "dx", (c, n, h, w), dt)
         stride, pad = block.conv_param.get("stride", 1), block.conv_param.get("pad", 0)
         k.col2im(dcols, hh, ww, stride, pad, dxp)
