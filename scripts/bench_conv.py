@@ -21,7 +21,7 @@ Contenders, timed in the same process, round robin (interleaved), repeated:
 Memory (``--memory``): tracemalloc peak during one step (everything allocated since the
 net was built: parameters, Adam moments, kept buffers), against the bytes that must exist:
 parameters, gradients, two Adam moments, and per layer the activations the backward pass
-reads (conv output, pooled output); the im2col buffers are listed apart.
+reads (conv output, pooled output, normalized values); the im2col buffers are listed apart.
 
 Example::
 
@@ -231,7 +231,8 @@ def main(argv=None):
             print(f"{'':<12} peak step memory {peak / mib:.1f} MiB vs must exist {req['total'] / mib:.1f} MiB "
                   f"({peak / req['total']:.2f}x; params {req['params'] / mib:.1f} MiB x4 with grads and Adam, "
                   f"activations {req['activations'] / mib:.1f} MiB); "
-                  f"im2col buffers {cols} MiB (x2 with col2im)")  # fmt: skip
+                  f"im2col buffers {cols} MiB, plus one col2im buffer shared by the blocks after the first, "
+                  "as large as the largest of theirs")  # fmt: skip
 
 
 if __name__ == "__main__":
