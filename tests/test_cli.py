@@ -299,7 +299,7 @@ def test_layer_norm_and_adamw_runs_resume_exactly(tmp_path, capsys):
     [
         (["--weight-decay", "0.1"], "--weight-decay: only --update-rule adamw decays weights, got --update-rule adam"),
         (["--batchnorm", "--normalization", "layernorm"], "--batchnorm contradicts --normalization layernorm"),
-        (["--normalization", "groupnorm"], "--normalization: invalid choice: 'groupnorm'"),
+        (["--normalization", "groupnorm"], "--normalization groupnorm: only conv nets (--model conv) have it"),
     ],
 )
 def test_normalization_and_weight_decay_mistakes_are_one_line(tmp_path, capsys, argv, match):

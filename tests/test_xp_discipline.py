@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-XP_MODULES = ["layers.py", "dropout_layers.py", "bn_layers.py", "updater.py", "arrays.py"]
+XP_MODULES = ["layers.py", "dropout_layers.py", "bn_layers.py", "conv_layers.py", "updater.py", "arrays.py"]
 PACKAGE = Path(__file__).resolve().parent.parent / "xpdl"
 
 
@@ -39,6 +39,7 @@ BACKEND_MODULES = {
     "backends/cupy_backend.py",
     "backends/cuda_kernels.py",
     "backends/cpu_kernels.py",
+    "backends/conv_kernels.py",
 }
 SETTINGS = ("XPDL_BACKEND", "XPDL_FUSED")
 
@@ -64,7 +65,8 @@ def cupy_mentions(source: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "module", ["fc_net.py", "trainer.py", "rng.py", "host.py", "gradient_check.py", "runs/checkpoint.py", *XP_MODULES]
+    "module",
+    ["fc_net.py", "cnn.py", "trainer.py", "rng.py", "host.py", "gradient_check.py", "runs/checkpoint.py", *XP_MODULES],
 )
 def test_backend_decisions_live_in_the_backend_modules(module):
     assert module not in BACKEND_MODULES

@@ -1,6 +1,6 @@
 """xpdl: a small deep-learning package written once against an array namespace.
 
-The same layers, batch norm, dropout, update rules, :class:`FullyConnectedNet`
+The same layers, batch norm, dropout, update rules, :class:`FullyConnectedNet`, :class:`ConvNet`
 and :class:`Trainer` run on NumPy (CPU), CuPy (CUDA GPU) or any Array API
 namespace. :func:`get_backend` chooses one (``"auto"``: the GPU if one works,
 else the CPU, saying why).
@@ -8,6 +8,7 @@ else the CPU, saying why).
 
 from xpdl.backends import Backend, BackendUnavailable, available_backends, get_backend
 from xpdl.backends import describe_paths as fast_paths_info
+from xpdl.cnn import ConvNet, ThreeLayerConvNet
 from xpdl.fc_net import FullyConnectedNet
 from xpdl.rng import Generator
 from xpdl.trainer import Trainer
@@ -29,8 +30,10 @@ def __getattr__(name: str):  # the training function and the datasets load on fi
 __all__ = [
     "Backend",
     "BackendUnavailable",
+    "ConvNet",
     "FullyConnectedNet",
     "Generator",
+    "ThreeLayerConvNet",
     "Trainer",
     "TrainingRun",
     "__version__",

@@ -217,6 +217,97 @@ def affine_bn_relu_backward(dout: Any, cache: tuple) -> tuple[Any, Any, Any, Any
     return dx, dw, db, dgamma, dbeta
 
 
+def _check_spatial(x: Any, gamma: Any, beta: Any) -> Any:
+    if not hasattr(x, "shape") or len(x.shape) != 4:
+        shape = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
+        raise ValueError(f"x: expected a 4-D (N, C, H, W) array, got {shape}")
+    xp = namespace(x=x, gamma=gamma, beta=beta)
+    c = x.shape[1]
+    for name, a in (("gamma", gamma), ("beta", beta)):
+        if tuple(a.shape) != (c,):
+            raise ValueError(f"{name}: expected shape ({c},) for the C = {c} channels of x, got {tuple(a.shape)}")
+    return xp
+
+
+def _channels_last(xp: Any, x: Any) -> Any:
+    """(N, C, H, W) -> (N·H·W, C)."""
+    return xp.reshape(xp.permute_dims(x, (0, 2, 3, 1)), (-1, x.shape[1]))
+
+
+def _channels_first(xp: Any, x2: Any, shape: tuple) -> Any:
+    """(N·H·W, C) -> (N, C, H, W)."""
+    n, c, h, w = shape
+    return xp.permute_dims(xp.reshape(x2, (n, h, w, c)), (0, 3, 1, 2))
+
+
+def spatial_batchnorm_forward(x: Any, gamma: Any, beta: Any, bn_param: dict) -> tuple[Any, dict]:
+    """Batch normalization of each channel of ``x`` (N, C, H, W) over N, H and W; ``gamma``, ``beta`` (C,).
+
+    :func:`batchnorm_forward` on the (N·H·W, C) view: the same ``bn_param`` keys, running
+    statistics (C,) and synchronization across ranks.
+
+    Returns:
+        out: (N, C, H, W); cache for :func:`spatial_batchnorm_backward`.
+    """
+    check_mode(bn_param.get("mode"), "bn_param")
+    xp = _check_spatial(x, gamma, beta)
+    out, cache = batchnorm_forward(_channels_last(xp, x), gamma, beta, bn_param)
+    return _channels_first(xp, out, tuple(x.shape)), {"bn": cache, "shape": tuple(x.shape)}
+
+
+def spatial_batchnorm_backward(dout: Any, cache: dict) -> tuple[Any, Any, Any]:
+    """Backward pass of :func:`spatial_batchnorm_forward`: dx (N, C, H, W), dgamma (C,), dbeta (C,)."""
+    xp = namespace(dout=dout)
+    dx, dgamma, dbeta = batchnorm_backward_alt(_channels_last(xp, dout), _train_cache(cache.get("bn")))
+    return _channels_first(xp, dx, cache["shape"]), dgamma, dbeta
+
+
+def spatial_groupnorm_forward(x: Any, gamma: Any, beta: Any, G: int, gn_param: dict) -> tuple[Any, dict]:
+    """Group normalization (Wu & He, 2018): each sample's C channels in ``G`` groups of C / G, each
+    group normalized over its channels and H, W; then per-channel ``gamma`` (C,) and ``beta`` (C,).
+
+    The same in training and at test time (no running statistics). ``gn_param`` keys: eps
+    (default 1e-5). Unlike cs231n, whose gamma and beta are (1, C, 1, 1), they are (C,) as
+    every other per-feature parameter of xpdl.
+
+    Returns:
+        out: (N, C, H, W); cache for :func:`spatial_groupnorm_backward`.
+    """
+    xp = _check_spatial(x, gamma, beta)
+    n, c, h, w = x.shape
+    if isinstance(G, bool) or not isinstance(G, int) or G < 1 or c % G:
+        raise ValueError(f"G: expected a positive integer that divides the C = {c} channels of x, got {G!r}")
+    eps = gn_param.get("eps", 1e-5)
+    xg = xp.reshape(x, (n, G, -1))
+    mu = xp.mean(xg, axis=2, keepdims=True)
+    xmu = xg - mu
+    var = xp.mean(xmu * xmu, axis=2, keepdims=True)
+    inv_std = 1.0 / xp.sqrt(var + eps)
+    xhat = xp.reshape(xmu * inv_std, (n, c, h, w))
+    g4, b4 = xp.reshape(gamma, (1, c, 1, 1)), xp.reshape(beta, (1, c, 1, 1))
+    return g4 * xhat + b4, {"xhat": xhat, "inv_std": inv_std, "gamma": gamma, "G": G}
+
+
+def spatial_groupnorm_backward(dout: Any, cache: dict) -> tuple[Any, Any, Any]:
+    """Backward pass of :func:`spatial_groupnorm_forward`: dx (N, C, H, W), dgamma (C,), dbeta (C,).
+
+    Per group of M = C / G · H · W values: ``dx = inv_std / M * (M * dxhat - sum(dxhat) -
+    xhat * sum(dxhat * xhat))`` with ``dxhat = gamma * dout``.
+    """
+    xhat, G = cache["xhat"], cache["G"]
+    xp = namespace(dout=dout, xhat=xhat)
+    n, c, h, w = dout.shape
+    dbeta = xp.sum(dout, axis=(0, 2, 3))
+    dgamma = xp.sum(dout * xhat, axis=(0, 2, 3))
+    dxhat = xp.reshape(xp.reshape(cache["gamma"], (1, c, 1, 1)) * dout, (n, G, -1))
+    xh = xp.reshape(xhat, (n, G, -1))
+    m = dxhat.shape[2]
+    sum_d = xp.sum(dxhat, axis=2, keepdims=True)
+    sum_dx = xp.sum(dxhat * xh, axis=2, keepdims=True)
+    dx = (cache["inv_std"] / m) * (m * dxhat - sum_d - xh * sum_dx)
+    return xp.reshape(dx, (n, c, h, w)), dgamma, dbeta
+
+
 @dataclass(frozen=True)
 class Normalization:
     """A normalization layer as the net uses it after an affine layer.

@@ -354,7 +354,9 @@ def weights(
     """The first layer's weights as a grid of images, one per unit (cs231n's ``visualize_grid``).
 
     Args:
-        net: a :class:`xpdl.FullyConnectedNet` on any backend, or its ``W1`` (D, K).
+        net: a :class:`xpdl.FullyConnectedNet` on any backend, or its ``W1`` (D, K); or a
+            :class:`xpdl.ConvNet` (or its ``W1`` (F, C, HH, WW)): its first conv layer's filters,
+            one HH x WW image each (``image_shape`` is then not used).
         image_shape: (H, W, C) of one input image, H * W * C = D; digits ``(8, 8, 1)``,
             MNIST ``(28, 28, 1)``, CIFAR-10 ``(32, 32, 3)`` (``data["image_shape"]``).
         max_units: draw at most this many units (the first ones).
@@ -365,6 +367,9 @@ def weights(
     responds to is visible whatever its weights' magnitude: mid-gray is a zero
     weight, light a positive one, dark a negative one (per colour channel for RGB).
     """
+    filters = _conv_filters(net)
+    if filters is not None:
+        return _filter_grid(filters, max_units)
     W = first_layer_weights(net)
     shape = _image_shape(image_shape, W.shape[0])
     k = min(W.shape[1], max_units)
@@ -379,6 +384,35 @@ def weights(
     size = "x".join(str(s) for s in (shape if shape[2] == 3 else shape[:2]))
     ax.set_title(
         f"First-layer weights: {shown}, {size} each\n(each scaled to its own largest weight: gray 0, light +, dark -)"
+    )
+    return fig
+
+
+def _conv_filters(net: Any) -> np.ndarray | None:
+    """A conv net's (or array's) first-layer filters (F, C, HH, WW) as a host array; None for a 2-D W1."""
+    params = getattr(net, "params", None)
+    W = params.get("W1") if isinstance(params, Mapping) else net if hasattr(net, "shape") else None
+    if W is None or len(W.shape) != 4:
+        return None
+    W = np.asarray(to_numpy(W), dtype=np.float64)
+    if W.shape[1] not in (1, 3):
+        raise ValueError(f"net: expected first-layer filters with 1 or 3 input channels to draw, got shape {W.shape}")
+    return W
+
+
+def _filter_grid(filters: np.ndarray, max_units: int) -> Figure:
+    """The first conv layer's filters (F, C, HH, WW) as a grid of HH x WW images (cs231n's ``visualize_grid``)."""
+    f, c, hh, ww = filters.shape
+    k = min(f, max_units)
+    columns = filters.transpose(0, 2, 3, 1).reshape(f, -1).T  # (HH·WW·C, F): one filter per column
+    grid = weight_grid(columns, (hh, ww, c), max_units=k)
+    zoom = max(1, round(480 / max(grid.shape[:2])))
+    fig = new_figure(max(5.6, grid.shape[1] * zoom / DPI + 0.2), grid.shape[0] * zoom / DPI + 0.7)
+    ax = fig.subplots()
+    _show_image(ax, grid)
+    shown = f"{k} filters" if k == f else f"the first {k} of {f} filters"
+    ax.set_title(
+        f"First conv layer: {shown}, {hh}x{ww}\n(each scaled to its own largest weight: gray 0, light +, dark -)"
     )
     return fig
 

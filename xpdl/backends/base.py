@@ -27,7 +27,14 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from xpdl.bn_layers import NORMALIZATIONS
+from xpdl.bn_layers import (
+    NORMALIZATIONS,
+    spatial_batchnorm_backward,
+    spatial_batchnorm_forward,
+    spatial_groupnorm_backward,
+    spatial_groupnorm_forward,
+)
+from xpdl.conv_layers import conv_backward_fast, conv_forward_fast, max_pool_backward_fast, max_pool_forward_fast
 from xpdl.dropout_layers import dropout_backward, dropout_forward
 from xpdl.host import dtype_name, to_numpy
 from xpdl.layers import (
@@ -185,6 +192,58 @@ class Backend:
         if layer.normalization is not None and NORMALIZATIONS[layer.normalization].cancels_bias:
             grads[f"b{i}"] = self.xp.zeros_like(grads[f"b{i}"])
         return dx, grads
+
+    def conv_block_forward(self, x: Any, params: dict, block: Any, buffers: dict | None = None) -> tuple[Any, Any]:
+        """``pool(relu(norm(conv(x, W, b))))`` of conv block ``block`` (train or test mode, as its norm_param says).
+
+        Inputs:
+            x: (N, C, H, W); params: the net's parameters (``W{i}`` (F, C, HH, WW), ``b{i}``,
+            ``gamma{i}``, ``beta{i}`` (F,)); block: a :class:`xpdl.cnn.ConvBlock` (index,
+            normalization and its param dict, conv_param, pool_param, groups); buffers: a dict
+            this method may keep workspaces in between calls (None: fresh arrays).
+
+        Returns:
+            h: (N, F, H', W'); cache for :meth:`conv_block_backward`.
+        """
+        i = block.index
+        a, conv_cache = conv_forward_fast(x, params[f"W{i}"], params[f"b{i}"], block.conv_param)
+        norm_cache = None
+        if block.normalization == "batchnorm":
+            a, norm_cache = spatial_batchnorm_forward(a, params[f"gamma{i}"], params[f"beta{i}"], block.norm_param)
+        elif block.normalization == "groupnorm":
+            gamma, beta = params[f"gamma{i}"], params[f"beta{i}"]
+            a, norm_cache = spatial_groupnorm_forward(a, gamma, beta, block.groups, block.norm_param)
+        h, relu_cache = relu_forward(a)
+        pool_cache = None
+        if block.pool_param is not None:
+            h, pool_cache = max_pool_forward_fast(h, block.pool_param)
+        return h, (block, conv_cache, norm_cache, relu_cache, pool_cache)
+
+    def conv_block_backward(
+        self, dh: Any, cache: Any, input_grad: bool = True, buffers: dict | None = None
+    ) -> tuple[Any, dict]:
+        """Backward of :meth:`conv_block_forward`: ``dx`` (N, C, H, W) (None if not ``input_grad``) and the grads.
+
+        The grads dict has ``W{i}``, ``b{i}`` and, with a normalization, ``gamma{i}``, ``beta{i}``.
+        The bias before a batch norm, or a group norm of one channel per group, which cancels it,
+        gets an exactly zero gradient (as in :meth:`hidden_backward`).
+        """
+        block, conv_cache, norm_cache, relu_cache, pool_cache = cache
+        i = block.index
+        if pool_cache is not None:
+            dh = max_pool_backward_fast(dh, pool_cache)
+        da = relu_backward(dh, relu_cache)
+        grads = {}
+        if block.normalization == "batchnorm":
+            da, grads[f"gamma{i}"], grads[f"beta{i}"] = spatial_batchnorm_backward(da, norm_cache)
+        elif block.normalization == "groupnorm":
+            da, grads[f"gamma{i}"], grads[f"beta{i}"] = spatial_groupnorm_backward(da, norm_cache)
+        dx, grads[f"W{i}"], grads[f"b{i}"] = conv_backward_fast(da, conv_cache)
+        if block.normalization == "batchnorm" or (
+            block.normalization == "groupnorm" and block.groups == grads[f"b{i}"].shape[0]
+        ):
+            grads[f"b{i}"] = self.xp.zeros_like(grads[f"b{i}"])
+        return (dx if input_grad else None), grads
 
     def output_forward(self, x: Any, w: Any, b: Any, buffers: dict | None = None) -> tuple[Any, Any]:
         """Class scores ``x @ w + b`` (N, C) of the last affine layer, and its cache."""

@@ -21,11 +21,13 @@ is a fresh array. The numbers are those of the reference methods, to rounding
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from xpdl.backends.base import Backend
+from xpdl.conv_layers import conv_output_shape, pool_output_shape
 from xpdl.dropout_layers import check_keep_probability, dropout_words
 from xpdl.host import to_numpy
 from xpdl.rng import keep_threshold
@@ -51,6 +53,20 @@ def _buffer(buffers: dict | None, key: str, shape: tuple[int, ...], dtype: Any) 
     return buf
 
 
+def _transient(buffers: dict | None, key: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """:func:`_buffer` for a buffer used only while one backward call runs: with ``buffers["shared"]``
+    (a dict every conv block of a net shares), a view of one flat array per key, grown to the largest
+    block's size, so the blocks take turns with it."""
+    shared = None if buffers is None else buffers.get("shared")
+    if shared is None:
+        return _buffer(buffers, key, shape, dtype)
+    size = math.prod(shape)
+    flat = shared.get((key, np.dtype(dtype).str))
+    if flat is None or flat.size < size:
+        flat = shared[(key, np.dtype(dtype).str)] = np.empty(size, dtype)
+    return flat[:size].reshape(shape)
+
+
 class _HiddenCache:
     """What :meth:`NumpyBackend.hidden_backward` needs from the forward pass."""
 
@@ -59,6 +75,27 @@ class _HiddenCache:
     def __init__(self, **kw: Any) -> None:
         for k, v in kw.items():
             setattr(self, k, v)
+
+
+class _ConvCache:
+    """What :meth:`NumpyBackend.conv_block_backward` needs from the forward pass."""
+
+    __slots__ = ("block", "x_shape", "W", "cols", "a", "xhat", "inv_std", "gamma", "arg", "pool")
+
+    def __init__(self, **kw: Any) -> None:
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+def _conv_kernels() -> Any:
+    from xpdl.backends import conv_kernels  # numba loads on the first conv training step
+
+    return conv_kernels
+
+
+def _conv_bn_unsupported(block: Any) -> bool:
+    """A conv block's batch norm that the compiled path leaves to the reference: test mode or synchronized."""
+    return block.norm_param.get("mode") != "train" or _synced(block.norm_param) is not None
 
 
 class NumpyBackend(Backend):
@@ -222,6 +259,93 @@ class NumpyBackend(Backend):
             kernel(*flat, *scalar_args(s, w.dtype.type))
 
         return run
+
+    # ---------------------------------------------------------------- conv blocks
+    def conv_block_forward(self, x, params, block, buffers=None):
+        """:meth:`Backend.conv_block_forward` as im2col, one BLAS product and compiled passes (:mod:`conv_kernels`).
+
+        Runs conv - [batch norm] - ReLU - max pool blocks whose batch norm is not synchronized
+        across ranks; group norm, a synchronized batch norm, a test-mode batch norm or a block
+        without a pool run the reference. The result is an (N, F, H', W') view of a
+        channel-major buffer.
+        """
+        norm = block.normalization
+        bn = norm == "batchnorm"
+        if block.pool_param is None or norm not in (None, "batchnorm") or (bn and _conv_bn_unsupported(block)):
+            return super().conv_block_forward(x, params, block, buffers)
+        k = _conv_kernels()
+        i = block.index
+        W, b = params[f"W{i}"], params[f"b{i}"]
+        stride, pad, n, f, ho, wo = conv_output_shape(tuple(x.shape), tuple(W.shape), block.conv_param)
+        ph, pw, ps, po, qo = pool_output_shape((n, f, ho, wo), block.pool_param)
+        dt = W.dtype
+        if x.dtype != dt:
+            raise TypeError(f"x: expected {dt} to match W{i}, got {x.dtype}")
+        _, c, hh, ww = W.shape
+        m = n * ho * wo
+        cols = _buffer(buffers, "cols", (c * hh * ww, m), dt)
+        k.im2col(x, hh, ww, stride, pad, cols)
+        a = np.matmul(W.reshape(f, -1), cols, out=_buffer(buffers, "a", (f, m), dt))
+        cache = _ConvCache(block=block, x_shape=tuple(x.shape), W=W, cols=cols, a=a, xhat=None, inv_std=None)
+        if bn:
+            p = block.norm_param
+            cache.xhat = _buffer(buffers, "xhat", (f, m), dt)
+            cache.inv_std = _buffer(buffers, "inv_std", (f,), dt)
+            cache.gamma = params[f"gamma{i}"]
+            mean, var = np.empty(f, dt), np.empty(f, dt)
+            k.bn_relu_forward(
+                a, cache.gamma, params[f"beta{i}"], p.get("eps", 1e-5), cache.xhat, mean, var, cache.inv_std
+            )
+            mean += b  # the statistics of conv + b, as the reference's (the bias cancels in the output)
+            momentum = p.get("momentum", 0.9)
+            rm, rv = p.get("running_mean"), p.get("running_var")
+            rm = np.zeros(f, dt) if rm is None else rm
+            rv = np.zeros(f, dt) if rv is None else rv
+            p["running_mean"] = momentum * rm + (1.0 - momentum) * mean
+            p["running_var"] = momentum * rv + (1.0 - momentum) * var
+        else:
+            k.bias_relu(a, b)
+        hp = a.reshape(f, n, ho, wo)
+        outp = _buffer(buffers, "pooled", (f, n, po, qo), dt)
+        cache.arg = _buffer(buffers, "arg", (f, n, po, qo), np.uint8)
+        k.max_pool_forward(hp, ph, pw, ps, outp, cache.arg)
+        cache.pool = (pw, ps, ho, wo)
+        return outp.transpose(1, 0, 2, 3), cache
+
+    def conv_block_backward(self, dh, cache, input_grad=True, buffers=None):
+        if not isinstance(cache, _ConvCache):
+            return super().conv_block_backward(dh, cache, input_grad, buffers)
+        k = _conv_kernels()
+        block, W, cols = cache.block, cache.W, cache.cols
+        i = block.index
+        f, c, hh, ww = W.shape
+        n, _, h, w = cache.x_shape
+        dt = W.dtype
+        m = cols.shape[1]
+        da = _transient(buffers, "da", (f, m), dt)
+        pw, ps, ho, wo = cache.pool
+        k.max_pool_relu_backward(dh, cache.arg, cache.a.reshape(f, n, ho, wo), pw, ps, da.reshape(f, n, ho, wo))
+        grads = {}
+        if block.normalization == "batchnorm":
+            dgamma, dbeta = _buffer(buffers, "dgamma", (f,), dt), _buffer(buffers, "dbeta", (f,), dt)
+            k.bn_backward(da, cache.xhat, cache.gamma, cache.inv_std, dgamma, dbeta)
+            grads[f"gamma{i}"], grads[f"beta{i}"] = dgamma, dbeta
+            db = _buffer(buffers, "db", (f,), dt)
+            db[...] = 0
+        else:
+            db = np.sum(da, axis=1, out=_buffer(buffers, "db", (f,), dt))
+        # cols (K, M) @ da.T (M, F): BLAS runs this long-M product several times faster than da @ cols.T
+        dWT = np.matmul(cols, da.T, out=_transient(buffers, "dWT", (c * hh * ww, f), dt))
+        dW = _buffer(buffers, "dW", (f, c * hh * ww), dt)
+        dW[...] = dWT.T
+        grads[f"W{i}"], grads[f"b{i}"] = dW.reshape(W.shape), db
+        if not input_grad:
+            return None, grads
+        dcols = np.matmul(W.reshape(f, -1).T, da, out=_transient(buffers, "dcols", cols.shape, dt))
+        dxp = _buffer(buffers, "dx", (c, n, h, w), dt)
+        stride, pad = block.conv_param.get("stride", 1), block.conv_param.get("pad", 0)
+        k.col2im(dcols, hh, ww, stride, pad, dxp)
+        return dxp.transpose(1, 0, 2, 3), grads
 
 
 def _synced(norm_param: dict) -> Any:

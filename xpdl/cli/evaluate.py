@@ -64,7 +64,8 @@ def test_split(ckpt: dict[str, Any], args: argparse.Namespace) -> tuple[np.ndarr
     data_dir = args.data_dir or ckpt["settings"].get("data_dir") or DEFAULTS["data_dir"]
     raw = read_raw(name, Path(data_dir), args.download)
     features = math.prod(raw["X_test"].shape[1:])
-    if features != ckpt["config"]["input_dim"]:
+    expected = ckpt["config"]["input_dim"]
+    if features != (math.prod(expected) if isinstance(expected, list) else expected):  # a conv net's is (C, H, W)
         raise UsageError(
             f"--data {name}: has {features} features per sample, the model expects "
             f"{ckpt['config']['input_dim']} (it was trained on {pre['dataset']})"

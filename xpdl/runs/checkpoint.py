@@ -345,7 +345,7 @@ MANIFEST_ENTRY = Obj(
 
 def _document_schema(spec: CheckpointSpec, kind: str, config: dict[str, Any]) -> Obj:
     """The schema of a whole ``meta.json`` of ``kind`` for a checked architecture ``config``."""
-    input_dim, num_classes = config.get("input_dim"), config.get("num_classes")
+    input_dim, num_classes = _features(config.get("input_dim")), config.get("num_classes")
 
     def fits_input(shape: list[int]) -> str:
         return "" if input_dim is None or math.prod(shape) == input_dim else f"a shape of {input_dim} values"
@@ -455,6 +455,11 @@ def _check_document(
     return ckpt, {name: (shape, dtypes) for name, (shape, dtypes) in expected.items()}
 
 
+def _features(input_dim: Any) -> Any:
+    """Features per sample of a config's ``input_dim``: D, or C·H·W of an image shape (a conv net's)."""
+    return math.prod(input_dim) if isinstance(input_dim, (list, tuple)) else input_dim
+
+
 def _check_config(spec: CheckpointSpec, config: Any) -> dict[str, Any]:
     """``config`` checked by ``spec.check_config`` (nothing is allocated); SchemaError naming the field."""
     if not isinstance(config, dict):
@@ -481,7 +486,7 @@ def _expected_arrays(
     manifest = doc["arrays"]
     expected = {f"model/{k}": (tuple(s), floats) for k, s in shapes.items()}
     if "preprocessing/mean_image" in manifest:
-        expected["preprocessing/mean_image"] = ((config["input_dim"],), _dtype_strings("float32", "float64"))
+        expected["preprocessing/mean_image"] = ((_features(config["input_dim"]),), _dtype_strings("float32", "float64"))
     if doc["kind"] != "training":
         return expected
     if any(name.startswith("best/") for name in manifest):

@@ -40,11 +40,42 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint_every": None,
     "num_val": None,
     "local_batchnorm": False,
+    "model": "fc",
+    "conv_dims": [32, 64],
+    "filter_size": 3,
+}
+
+#: The nets ``--model`` names: a fully-connected net, :class:`xpdl.ConvNet`, cs231n's ThreeLayerConvNet.
+MODEL_CHOICES = ("fc", "conv", "three-layer-conv")
+
+#: Defaults that differ by ``--model`` (the others are :data:`DEFAULTS`'). The conv net's reach
+#: 0.986 test accuracy on the shipped digits with seed 0 in about 10 s on two cores (seeds 0-3:
+#: 0.978 to 0.986; the best-validation model of a 300-image validation split is what is tested).
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "conv": {
+        "hidden_dims": [256],
+        "normalization": "batchnorm",
+        "dropout": 0.5,
+        "reg": 1e-3,
+        "weight_scale": "he",
+        "lr": 1e-3,
+        "epochs": 20,
+    },
+    "three-layer-conv": {
+        "hidden_dims": [100],
+        "normalization": "none",
+        "dropout": 0.0,
+        "weight_scale": 1e-2,
+        "conv_dims": [32],
+        "filter_size": 7,
+        "lr": 1e-3,
+        "epochs": 10,
+    },
 }
 
 
-#: Values of --normalization (``none``: no normalization layer).
-NORMALIZATION_CHOICES = ("none", "batchnorm", "layernorm")
+#: Values of --normalization (``none``: no normalization layer; layernorm for fc nets, groupnorm for conv nets).
+NORMALIZATION_CHOICES = ("none", "batchnorm", "layernorm", "groupnorm")
 
 
 #: Seeds accepted by --seed: the Philox key of the net's generator is a 128-bit integer.
@@ -63,7 +94,7 @@ SETTINGS_SCHEMA = schema.Obj(
         "batchnorm": schema.Bool(),
         "weight_decay": schema.Nullable(schema.Number(ge=0)),
         "dropout": schema.Number(ge=0, le=1),
-        "weight_scale": schema.Number(gt=0),
+        "weight_scale": schema.Check(schema.AnyJSON(), lambda v: _weight_scale_problem(v)),
         "reg": schema.Number(ge=0),
         "update_rule": schema.Str(choices=UPDATE_RULES),
         "lr": schema.Number(gt=0),
@@ -77,6 +108,9 @@ SETTINGS_SCHEMA = schema.Obj(
         "num_val": schema.Nullable(schema.Int(min=1)),
         "local_batchnorm": schema.Bool(),
         "split_seed": schema.Nullable(schema.Int(min=0, max=SEED_LIMIT - 1)),
+        "model": schema.Str(choices=MODEL_CHOICES),
+        "conv_dims": schema.ListOf(schema.Int(min=1), min_len=1, max_len=100),
+        "filter_size": schema.Int(min=1, max=99),
     }
 )
 
@@ -87,6 +121,14 @@ RESUMABLE = ("epochs", "backend", "data_dir", "download", "checkpoint_every")
 
 class UsageError(Exception):
     """A mistake in how the tool was called; printed without a traceback, exit code 2."""
+
+
+def _weight_scale_problem(value: Any) -> str:
+    if value == "he" or (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    ):
+        return ""
+    return "a number > 0 or 'he'"
 
 
 def _backend_problem(name: str) -> str:
@@ -168,6 +210,21 @@ def hidden_dims(text: str) -> list[int]:
     return dims
 
 
+def weight_scale(text: str) -> float | str:
+    """A finite float > 0, or ``he`` (He / Kaiming: ``sqrt(2 / fan_in)``)."""
+    if text.strip().lower() == "he":
+        return "he"
+    return positive_float(text)
+
+
+def conv_dims(text: str) -> list[int]:
+    """Comma-separated positive filter counts of the conv blocks, e.g. ``32,64``."""
+    dims = hidden_dims(text)
+    if not dims:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers like 32,64, got {text!r}")
+    return dims
+
+
 def seed(text: str) -> int:
     """An int in ``[0, 2**128)`` (the net generator's key)."""
     value = _int_at_least(text, 0, "an integer in [0, 2**128 - 1]")
@@ -227,6 +284,26 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         "at most a quarter of the training images)",
     )
     arch.add_argument(
+        "--model",
+        choices=MODEL_CHOICES,
+        help="fc: fully-connected; conv: {conv3x3 - [norm] - relu - 2x2 pool} per --conv-dims, then the "
+        "--hidden-dims head (xpdl.ConvNet); three-layer-conv: cs231n's conv - relu - pool - affine - relu - affine "
+        f"(default {d['model']})",
+    )
+    arch.add_argument(
+        "--conv-dims",
+        type=conv_dims,
+        metavar="F1,F2,...",
+        help=f"--model conv: filters of each conv block (default {','.join(map(str, d['conv_dims']))}); "
+        "three-layer-conv: one number, its filters (default 32)",
+    )
+    arch.add_argument(
+        "--filter-size",
+        type=positive_int,
+        metavar="K",
+        help=f"conv nets: K x K filters, K odd (default {d['filter_size']}; three-layer-conv 7)",
+    )
+    arch.add_argument(
         "--hidden-dims",
         type=hidden_dims,
         metavar="W1,W2,...",
@@ -235,7 +312,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     arch.add_argument(
         "--normalization",
         choices=NORMALIZATION_CHOICES,
-        help=f"normalization after every hidden affine layer (default {d['normalization']})",
+        help="normalization after every hidden affine layer, or every conv layer of the conv nets "
+        f"(default {d['normalization']})",
     )
     arch.add_argument(
         "--batchnorm",
@@ -251,9 +329,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     )
     arch.add_argument(
         "--weight-scale",
-        type=positive_float,
+        type=weight_scale,
         metavar="S",
-        help=f"std of the initial weights (default {d['weight_scale']})",
+        help=f"std of the initial weights, or he: sqrt(2 / fan-in) (default {d['weight_scale']}; --model conv: he)",
     )
     arch.add_argument("--reg", type=nonnegative_float, metavar="R", help=f"L2 regularization (default {d['reg']})")
     arch.add_argument("--dtype", choices=("float32", "float64"), help=f"float type (default {d['dtype']})")

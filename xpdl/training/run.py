@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from xpdl.backends import ENV_VARIABLE, Backend, BackendUnavailable, default_backend_name, get_backend
+from xpdl.cnn import ConvNet
 from xpdl.data import DatasetError, default_num_val, load_raw, prepare
 from xpdl.fc_net import FullyConnectedNet
 from xpdl.parallel import distributed
@@ -39,7 +40,7 @@ from xpdl.runs.atomic import WriteError
 from xpdl.runs.folder import describe_os_error
 from xpdl.runs.history import RunRecorder
 from xpdl.trainer import Trainer
-from xpdl.training.options import CHECKPOINT_SPEC, DEFAULTS, RESUMABLE, SETTINGS_SCHEMA, UsageError
+from xpdl.training.options import CHECKPOINT_SPEC, DEFAULTS, MODEL_DEFAULTS, RESUMABLE, SETTINGS_SCHEMA, UsageError
 
 
 @dataclass
@@ -53,9 +54,11 @@ class TrainingRun:
     Attributes:
         data, data_dir, download, num_val: the dataset, where it lives, whether to
             download it, and the validation images held out (None: its usual split).
+        model, conv_dims, filter_size: which net (``"fc"``, ``"conv"`` or
+            ``"three-layer-conv"``; conv nets take their image shape from the dataset).
         hidden_dims, normalization, batchnorm, dropout, weight_scale, reg, dtype, local_batchnorm:
-            the net (normalization ``"batchnorm"``, ``"layernorm"`` or ``"none"``; batchnorm
-            the seed's spelling of it; dropout the keep probability, 0 = off).
+            the net (normalization ``"batchnorm"``, ``"layernorm"``, ``"groupnorm"`` or ``"none"``;
+            batchnorm the seed's spelling of it; dropout the keep probability, 0 = off).
         update_rule, lr, weight_decay, lr_decay, epochs, batch_size, seed, split_seed:
             the optimization (weight_decay for adamw only; lr_decay per epoch).
         backend: a backend name (None: ``XPDL_BACKEND``, else ``auto``).
@@ -89,6 +92,9 @@ class TrainingRun:
     out: str | None = None
     resume: str | None = None
     quiet: bool = False
+    model: str | None = None
+    conv_dims: list[int] | None = None
+    filter_size: int | None = None
 
     @classmethod
     def from_namespace(cls, args: TrainingRun) -> TrainingRun:
@@ -120,7 +126,11 @@ def new_settings(args: TrainingRun) -> dict[str, Any]:
     The backend is ``--backend``, else ``XPDL_BACKEND``, else ``auto``.
     """
     fold_batchnorm_option(args)
-    settings = {k: (v if (v := getattr(args, k, None)) is not None else default) for k, default in DEFAULTS.items()}
+    model_defaults = MODEL_DEFAULTS.get(getattr(args, "model", None) or DEFAULTS["model"], {})
+    settings = {
+        k: (v if (v := getattr(args, k, None)) is not None else model_defaults.get(k, default))
+        for k, default in DEFAULTS.items()
+    }
     if args.backend is None:
         settings["backend"] = env_backend_name()
     if settings["weight_decay"] is not None and settings["update_rule"] != "adamw":
@@ -300,7 +310,16 @@ def preprocessing_meta(data: dict[str, Any]) -> dict[str, Any]:
 
 def build_trainer(settings: dict[str, Any], data: dict[str, Any], backend: Backend) -> Trainer:
     """The net and trainer of a new run; a setting they refuse is a UsageError."""
+    model, norm = settings.get("model", "fc"), settings["normalization"]
+    if (model == "fc" and norm == "groupnorm") or (model != "fc" and norm == "layernorm"):
+        kinds = "fully-connected nets (--model fc)" if norm == "layernorm" else "conv nets (--model conv)"
+        raise UsageError(
+            f"--normalization {norm}: only {kinds} have it; --model {model} takes "
+            + ("batchnorm, layernorm or none" if model == "fc" else "batchnorm, groupnorm or none")
+        )
     try:
+        if model != "fc":
+            return Trainer(build_conv_net(settings, data, backend), data, **trainer_options(settings))
         net = FullyConnectedNet(
             input_dim=int(data["X_train"].shape[1]),
             hidden_dims=settings["hidden_dims"],
@@ -316,6 +335,33 @@ def build_trainer(settings: dict[str, Any], data: dict[str, Any], backend: Backe
         return Trainer(net, data, **trainer_options(settings))
     except (TypeError, ValueError) as exc:
         raise UsageError(f"these settings cannot train: {exc}") from None
+
+
+def build_conv_net(settings: dict[str, Any], data: dict[str, Any], backend: Backend) -> ConvNet:
+    """The :class:`xpdl.ConvNet` of ``--model conv`` or ``three-layer-conv``, shaped by the dataset's images.
+
+    xpdl's datasets hold (H, W, C) images flattened, so the net reads them channels-last.
+    """
+    h, w, c = (int(s) for s in data["image_shape"])
+    if settings["model"] == "three-layer-conv" and len(settings["conv_dims"]) != 1:
+        raise ValueError(f"conv_dims: three-layer-conv has one conv layer, got {settings['conv_dims']}")
+    if settings["model"] == "three-layer-conv" and len(settings["hidden_dims"]) != 1:
+        raise ValueError(f"hidden_dims: three-layer-conv has one hidden layer, got {settings['hidden_dims']}")
+    return ConvNet(
+        input_dim=(c, h, w),
+        conv_dims=settings["conv_dims"],
+        filter_size=settings["filter_size"],
+        hidden_dims=settings["hidden_dims"],
+        num_classes=int(data["num_classes"]),
+        normalization=_normalization(settings),
+        dropout=settings["dropout"],
+        reg=settings["reg"],
+        weight_scale=settings["weight_scale"],
+        seed=settings["seed"],
+        dtype=settings["dtype"],
+        backend=backend,
+        channels_last=True,
+    )
 
 
 @dataclass
@@ -567,6 +613,16 @@ def describe_net(net: FullyConnectedNet) -> str:
     config = net.config()
     hidden = config["hidden_dims"]
     parts = ["-".join(str(d) for d in [config["input_dim"], *hidden, config["num_classes"]])]
+    if config.get("model") == "conv":
+        k = config["filter_size"]
+        convs = "-".join(f"conv{k}x{k}:{f}" for f in config["conv_dims"])
+        parts = [
+            "x".join(map(str, config["input_dim"]))
+            + f"-{convs}-"
+            + "-".join(map(str, [*hidden, config["num_classes"]]))
+        ]
+        if config.get("normalization"):
+            parts.append({"batchnorm": "spatial batch norm", "groupnorm": "group norm"}[config["normalization"]])
     norm = config.get("normalization")
     if hidden and norm:
         parts.append({"batchnorm": "batch norm", "layernorm": "layer norm"}.get(norm, str(norm)))
