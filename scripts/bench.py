@@ -753,9 +753,8 @@ def _array_bytes(args: tuple[Any, ...]) -> int:
 
 def profile_step(xpdl: ModuleType, be: Any, name: str, steps: int = 0, warmup: int = 3) -> dict[str, Any]:
     """Time each part of ``steps`` xpdl steps of config ``name`` (enough for about a second when 0)."""
-    import xpdl.numpy_backend as nb
-
-    from xpdl import cpu_kernels
+    import xpdl.backends.numpy_backend as nb
+    from xpdl.backends import cpu_kernels
 
     cfg = CONFIGS[name]
     batch, sizes = cfg["batch"], cfg["sizes"]

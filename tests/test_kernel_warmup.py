@@ -1,11 +1,11 @@
-"""xpdl.cpu_kernels.warm_up: it compiles exactly what a default run calls."""
+"""xpdl.backends.cpu_kernels.warm_up: it compiles exactly what a default run calls."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from xpdl import numpy_backend as nb
+from xpdl.backends import numpy_backend as nb
 
 numba = pytest.importorskip("numba")
 
@@ -13,7 +13,7 @@ numba = pytest.importorskip("numba")
 def test_warm_up_compiles_the_signatures_a_default_step_calls():
     """Every warm-up signature is one a batch-norm + dropout + Adam float32 step uses: nothing compiled in vain."""
     import xpdl
-    from xpdl import cpu_kernels
+    from xpdl.backends import cpu_kernels
 
     rng = np.random.default_rng(0)
     X = rng.standard_normal((40, 12)).astype(np.float32)
@@ -38,6 +38,6 @@ def test_warm_up_compiles_the_signatures_a_default_step_calls():
 
 
 def test_warm_up_runs_every_kernel():
-    from xpdl import cpu_kernels
+    from xpdl.backends import cpu_kernels
 
     cpu_kernels.warm_up()  # compiled or loaded; no error

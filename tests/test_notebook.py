@@ -117,10 +117,5 @@ def test_the_tutorial_prints_no_warning(executed):
     assert not [ln for ln in stderr_lines(code) if "Warning" in ln or "warn" in ln.lower()], stderr_lines(code)
 
 
-@pytest.mark.xfail(
-    reason="docs/tutorial.ipynb saves its model into tempfile.mkdtemp(), which nothing removes; "
-    "tempfile.TemporaryDirectory() is removed when the kernel ends",
-    strict=False,
-)
 def test_the_tutorial_leaves_no_temporary_folder(executed, kernel_root):
     assert sorted(p.name for p in kernel_root.iterdir()) == ["kernels"]

@@ -1,11 +1,12 @@
-"""The thread policy (xpdl.threads) and the environment ranks and workers get (xpdl.launch)."""
+"""The thread policy (xpdl.threads) and the environment ranks and workers get (xpdl.parallel.launch)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from xpdl import launch, threads
+from xpdl import threads
+from xpdl.parallel import launch
 
 
 def test_budget_is_xpdl_threads_else_the_cores():

@@ -3,7 +3,7 @@
 - **Budget.** ``XPDL_THREADS`` when set (a positive integer), else the cores this
   process may run on. ``xpdl train --nproc N`` and ``xpdl tune --workers N`` give each
   process ``budget // N`` (at least 1) through ``XPDL_THREADS`` and the BLAS/OpenMP
-  variables (:func:`xpdl.launch.thread_environment`).
+  variables (:func:`xpdl.parallel.launch.thread_environment`).
 - **Matrix products.** A net whose products all have fewer than :data:`SMALL_PRODUCT`
   multiply-adds (``m * k * n``) runs them on one BLAS thread; once a larger product
   comes, every product runs on the whole budget (as before this policy), until
@@ -13,7 +13,7 @@
   processes, and on a busy machine a split product waits for its slowest thread;
   switching back and forth within a step of a large net measured no better than
   staying at the budget. Figures in ``docs/performance.md``.
-- **Compiled kernels** (:mod:`xpdl.cpu_kernels`) run on the calling thread: numba
+- **Compiled kernels** (:mod:`xpdl.backends.cpu_kernels`) run on the calling thread: numba
   starts no thread pool.
 - **Hands off** when the user chose: with ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``,
   ``MKL_NUM_THREADS`` or ``BLIS_NUM_THREADS`` set and ``XPDL_THREADS`` not, xpdl never
