@@ -5,18 +5,7 @@ NumPy or CuPy, or ``array_api_strict``), the device its arrays live on, and the 
 host/device operations the rest of xpdl needs. The math modules never ask which
 backend they run on: they derive ``xp`` from their array arguments.
 
-Names accepted by :func:`get_backend`:
-
-- ``"auto"``: CuPy when it imports *and* a CUDA device runs a small operation,
-  otherwise NumPy, with one message on stderr that says why.
-- ``"numpy"``: NumPy on the CPU.
-- ``"cupy"`` or ``"cupy:N"``: CuPy on CUDA device N (default 0). Raises
-  :class:`BackendUnavailable` with the reason and the install command if it
-  cannot work here.
-- ``"array_api_strict"``: the Array API standard's strict reference namespace
-  (NumPy underneath, CPU). Code that runs on it uses only the standard.
-
-The default name comes from the ``XPDL_BACKEND`` environment variable, else ``"auto"``.
+Backends are chosen by name in :mod:`xpdl.backends.registry`, which lists the names.
 """
 
 from __future__ import annotations
