@@ -48,7 +48,7 @@ import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
+from types import BuiltinFunctionType, ModuleType
 from typing import Any, NoReturn
 
 import numpy as np
@@ -808,9 +808,7 @@ def profile_step(xpdl: ModuleType, be: Any, name: str, steps: int = 0, warmup: i
         return timed
 
     orig_matmul = nb._matmul
-    kernel_names = [
-        n for n in dir(cpu_kernels) if callable(getattr(cpu_kernels, n)) and hasattr(getattr(cpu_kernels, n), "py_func")
-    ]
+    kernel_names = [n for n in cpu_kernels.__all__ if type(getattr(cpu_kernels, n)) is BuiltinFunctionType]
     saved_kernels = {n: getattr(cpu_kernels, n) for n in kernel_names}
     saved_updates = dict(cpu_kernels.UPDATE_KERNELS)
     cls = type(be)

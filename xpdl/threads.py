@@ -13,8 +13,8 @@
   processes, and on a busy machine a split product waits for its slowest thread;
   switching back and forth within a step of a large net measured no better than
   staying at the budget. Figures in ``docs/performance.md``.
-- **Compiled kernels** (:mod:`xpdl.backends.cpu_kernels`) run on the calling thread: numba
-  starts no thread pool.
+- **Compiled kernels** (:mod:`xpdl.backends.cpu_kernels`, C++ built at install) run on the
+  calling thread: they start no thread pool.
 - **Hands off** when the user chose: with ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``,
   ``MKL_NUM_THREADS`` or ``BLIS_NUM_THREADS`` set and ``XPDL_THREADS`` not, xpdl never
   changes the BLAS thread count.

@@ -11,6 +11,7 @@ Backends are chosen by name in :mod:`xpdl.backends.registry`, which lists the na
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import array_api_compat
@@ -35,6 +36,16 @@ from xpdl.layers import (
     softmax_loss,
 )
 from xpdl.rng import host_philox_uint32
+
+_ANNOUNCED: set[str] = set()
+
+
+def announce(message: str) -> None:
+    """Print ``message`` to stderr once per process (silenced by ``XPDL_QUIET=1``)."""
+    if message in _ANNOUNCED or os.environ.get("XPDL_QUIET") == "1":
+        return
+    _ANNOUNCED.add(message)
+    print(f"xpdl: {message}", file=sys.stderr)
 
 
 class BackendUnavailable(RuntimeError):

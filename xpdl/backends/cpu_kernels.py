@@ -1,53 +1,110 @@
-"""Compiled single-threaded CPU kernels (numba) that :class:`xpdl.backends.numpy_backend.NumpyBackend` runs.
+"""Compiled single-threaded CPU kernels that :class:`xpdl.backends.numpy_backend.NumpyBackend` runs.
 
 Each kernel does in one or two passes over memory what the reference ``xp``
 code (:class:`xpdl.backends.Backend`, :mod:`xpdl.updater`) does in several; the
-tests check every kernel against that reference. All multithreading is left
+tests check every kernel against that reference. The kernels are C++
+(``_cpu_kernels.cpp``, bodies in ``_cpu_kernels_body.h``), built when xpdl is
+installed: no run waits for a compiler. Each loop does the reference's
+operations in its order and types (no fused multiply-add), so the baseline and
+the AVX2 build, chosen per CPU, give the same bits. All multithreading is left
 to the BLAS: after each matrix product its worker threads keep spinning for a
 while, and a second thread pool beside them would stall, so these kernels run
-on the calling thread.
+on the calling thread (releasing the GIL on large arrays).
 
-Imported only when a NumPy training step first runs (``import xpdl`` does not
-load numba). Compilations are cached on disk, so only the first run pays, and it
-pays little: no compiled kernel calls another (the fused batch-norm passes are
-Python compositions of the stage kernels), and scratch arrays come from
-``np.empty`` alone (each NumPy constructor used inside a kernel is one more
-function numba compiles on a cold start); ``docs/performance.md`` has the figures.
+Arguments are checked (dtype, rank, shape, contiguity, writable outputs): a bad
+one raises TypeError or ValueError naming the kernel and the argument.
+``T`` below is the parameters' dtype, float32 or float64; the statistics
+(``mean``, ``inv_std``, ``sums``) are float64. ``a``, ``h``, ``xhat``, ``dh``,
+``d``, ``da`` are (N, H) in T; ``b``, ``gamma``, ``beta`` (H,) in T; ``words``
+(N, H) uint32 or (0, 0) for no dropout; ``keep`` (N, H) uint8 or (0, 0).
+Dropout keeps an element when its word is below ``threshold`` and scales it by
+``scale = 1/p``.
 
-Array arguments: ``a``, ``h``, ``xhat``, ``dh``, ``da`` (N, H) in the
-parameters' dtype; ``b``, ``gamma``, ``beta`` (H,); ``words`` (N, H) uint32
-or (0, 0) for no dropout; ``keep`` (N, H) uint8 or (0, 0).
+Batch norm, as stages (a data-parallel rank sums the statistics over the ranks
+between them; :func:`bn_relu_dropout_forward` and :func:`bn_relu_dropout_backward`
+run them on one process):
+
+- ``column_sums(a, out)``: ``out[j] += sum_i a[i, j]`` (``out`` (>= H,) float64).
+- ``column_squared_deviations(a, mean, out)``: ``out[j] += sum_i (a[i, j] - mean[j])**2``.
+- ``bn_statistics(mean, sq_dev, count, b, running_mean, running_var, momentum, eps, inv_std)``:
+  ``inv_std = 1 / sqrt(sq_dev / count + eps)``, and the running averages updated in
+  place (the running mean is that of ``a + b``).
+- ``bn_normalize_relu_dropout(a, mean, inv_std, gamma, beta, words, threshold, scale, xhat, h, keep)``:
+  ``xhat = (a - mean) * inv_std``, ``h = dropout(relu(gamma * xhat + beta))``.
+- ``relu_dropout_bn_sums(dh, h, xhat, keep, scale, d, sums)``: ``d``, the gradient at the
+  batch-norm output (``dh`` where ``h > 0``, times ``scale`` with dropout), and its column
+  sums: ``sums[j] += sum_i d[i, j]``, ``sums[H + j] += sum_i d[i, j] * xhat[i, j]``.
+- ``bn_input_grad(d, xhat, gamma, inv_std, count, sums)``, in place:
+  ``d = gamma * inv_std / count * (count * d - sum_d - xhat * sum_dx)``.
+
+Without normalization, and with layer norm (one pass each way):
+
+- ``bias_relu_dropout_forward(a, b, words, threshold, scale, h, keep)``: ``h = dropout(relu(a + b))``.
+- ``relu_dropout_backward(dh, h, keep, scale, da, db)``: ``da`` and ``db``, its column sums.
+- ``ln_relu_dropout_forward(a, b, gamma, beta, eps, words, threshold, scale, xhat, h, keep, inv_std)``:
+  ``h = dropout(relu(layernorm(a + b)))``; ``inv_std`` (N,) float64, one per row.
+- ``ln_relu_dropout_backward(dh, h, xhat, gamma, inv_std, keep, scale, da, dgamma, dbeta, db)``: per row,
+  with ``dxhat = gamma * d``, ``da = inv_std / H * (H * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat))``;
+  ``db`` is the column sum of ``da`` (layer norm does not cancel the bias before it).
+
+The update rules, in place over flat ``w``, ``g`` and the rule's state, in T
+arithmetic (the scalars come in T, from the ``*_args`` functions below):
+``sgd_update``, ``momentum_update``, ``rmsprop_update``, ``adam_update`` and
+``adamw_update`` (:data:`UPDATE_KERNELS`).
+
+Row and column statistics are accumulated in float64, in two passes (mean, then
+the squared deviations).
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
-from numba import njit
 
-_JIT = {"cache": True, "nogil": True, "fastmath": False, "error_model": "numpy"}
+# the C++ extension, built at install; imported by name because the import map (grimp, import-linter)
+# cannot read a compiled module: it is a leaf that imports nothing of xpdl
+_compiled = importlib.import_module("xpdl.backends._cpu_kernels")
 
+adam_update = _compiled.adam_update
+adamw_update = _compiled.adamw_update
+bias_relu_dropout_forward = _compiled.bias_relu_dropout_forward
+bn_input_grad = _compiled.bn_input_grad
+bn_normalize_relu_dropout = _compiled.bn_normalize_relu_dropout
+bn_statistics = _compiled.bn_statistics
+column_squared_deviations = _compiled.column_squared_deviations
+column_sums = _compiled.column_sums
+instruction_set = _compiled.instruction_set
+ln_relu_dropout_backward = _compiled.ln_relu_dropout_backward
+ln_relu_dropout_forward = _compiled.ln_relu_dropout_forward
+momentum_update = _compiled.momentum_update
+relu_dropout_backward = _compiled.relu_dropout_backward
+relu_dropout_bn_sums = _compiled.relu_dropout_bn_sums
+rmsprop_update = _compiled.rmsprop_update
+sgd_update = _compiled.sgd_update
 
-@njit(inline="always")
-def _relu_dropout(y, i, j, dropout, words, threshold, scale, keep):
-    """ReLU, then inverted dropout, of one pre-activation ``y`` at (i, j); records the keep bit."""
-    if y < 0:
-        y = 0.0
-    if dropout:
-        k = words[i, j] < threshold
-        keep[i, j] = k
-        y = y * scale if k else 0.0
-    return y
-
-
-@njit(inline="always")
-def _relu_dropout_grad(dh, h, dropout, scale):
-    """Gradient through :func:`_relu_dropout`: ``dh`` passes (scaled by 1/p) exactly where ``h > 0``."""
-    g = dh if h > 0 else 0.0
-    if dropout:
-        g = g * scale
-    return g
+__all__ = [
+    "UPDATE_KERNELS",
+    "adam_update",
+    "adamw_update",
+    "bias_relu_dropout_forward",
+    "bn_input_grad",
+    "bn_normalize_relu_dropout",
+    "bn_relu_dropout_backward",
+    "bn_relu_dropout_forward",
+    "bn_statistics",
+    "column_squared_deviations",
+    "column_sums",
+    "instruction_set",
+    "ln_relu_dropout_backward",
+    "ln_relu_dropout_forward",
+    "momentum_update",
+    "relu_dropout_backward",
+    "relu_dropout_bn_sums",
+    "rmsprop_update",
+    "sgd_update",
+]
 
 
 def bn_relu_dropout_forward(
@@ -60,10 +117,9 @@ def bn_relu_dropout_forward(
     place with the batch mean and biased variance. Dropout keeps an element when
     its uint32 word is below ``threshold`` and scales it by ``scale = 1/p``.
     Column statistics are accumulated in float64, in two passes (mean, then the
-    squared deviations). The stages are the compiled kernels below, called one by one
-    from Python (as a rank of a data-parallel job does, summing the statistics over the
-    ranks in between): a few microseconds more per call than one compiled kernel, and
-    each compiled function is compiled once, not again inside a caller.
+    squared deviations). The stages are the compiled kernels above, called one by one
+    from Python, as a rank of a data-parallel job does (summing the statistics over the
+    ranks in between).
     """
     n, d = a.shape
     mean = np.zeros(d, np.float64)
@@ -71,65 +127,8 @@ def bn_relu_dropout_forward(
     mean /= n
     var = np.zeros(d, np.float64)
     column_squared_deviations(a, mean, var)
-    bn_statistics(mean, var, float(n), b, running_mean, running_var, momentum, eps, inv_std)  # float: as a rank
+    bn_statistics(mean, var, float(n), b, running_mean, running_var, momentum, eps, inv_std)
     bn_normalize_relu_dropout(a, mean, inv_std, gamma, beta, words, threshold, scale, xhat, h, keep)
-
-
-@njit(**_JIT)
-def column_sums(a, out):
-    """``out[j] += sum_i a[i, j]`` for ``a`` (N, H); ``out`` (>= H,) float64 (a zeroed buffer gives the sums)."""
-    n, d = a.shape
-    acc = np.empty(d, np.float64)  # a local accumulator: the compiler knows it aliases nothing, and vectorizes
-    for j in range(d):
-        acc[j] = 0.0
-    for i in range(n):
-        for j in range(d):
-            acc[j] += a[i, j]
-    for j in range(d):
-        out[j] += acc[j]
-
-
-@njit(**_JIT)
-def column_squared_deviations(a, mean, out):
-    """``out[j] += sum_i (a[i, j] - mean[j])**2`` for ``a`` (N, H); ``mean``, ``out`` (H,) float64."""
-    n, d = a.shape
-    mu = np.empty(d, np.float64)
-    acc = np.empty(d, np.float64)
-    for j in range(d):
-        mu[j] = mean[j]
-        acc[j] = 0.0
-    for i in range(n):
-        for j in range(d):
-            t = a[i, j] - mu[j]
-            acc[j] += t * t
-    for j in range(d):
-        out[j] += acc[j]
-
-
-@njit(**_JIT)
-def bn_statistics(mean, sq_dev, count, b, running_mean, running_var, momentum, eps, inv_std):
-    """From the batch ``mean`` (H,) and summed squared deviations ``sq_dev`` (H,) of ``count`` rows:
-
-    ``inv_std = 1 / sqrt(sq_dev / count + eps)`` (H,) float64, and the running averages (H,)
-    updated in place (the mean of ``a + b``: the affine output before its bias is added).
-    """
-    for j in range(mean.shape[0]):
-        var = sq_dev[j] / count
-        inv_std[j] = 1.0 / math.sqrt(var + eps)
-        running_mean[j] = momentum * running_mean[j] + (1.0 - momentum) * (mean[j] + b[j])
-        running_var[j] = momentum * running_var[j] + (1.0 - momentum) * var
-
-
-@njit(**_JIT)
-def bn_normalize_relu_dropout(a, mean, inv_std, gamma, beta, words, threshold, scale, xhat, h, keep):
-    """``xhat = (a - mean) * inv_std`` and ``h = dropout(relu(gamma * xhat + beta))``, both (N, H)."""
-    n, d = a.shape
-    dropout = words.shape[0] > 0
-    for i in range(n):
-        for j in range(d):
-            xh = (a[i, j] - mean[j]) * inv_std[j]
-            xhat[i, j] = xh
-            h[i, j] = _relu_dropout(gamma[j] * xh + beta[j], i, j, dropout, words, threshold, scale, keep)
 
 
 def bn_relu_dropout_backward(dh, h, xhat, gamma, inv_std, keep, scale, da, dgamma, dbeta, db):
@@ -141,7 +140,7 @@ def bn_relu_dropout_backward(dh, h, xhat, gamma, inv_std, keep, scale, da, dgamm
     ``dx = gamma * inv_std / N * (N * d - sum(d) - xhat * sum(d * xhat))`` with ``d``
     the gradient at the batch-norm output. A unit passes gradient when
     ``h > 0``, which is exactly when ReLU was active and dropout kept it. The two
-    passes are the compiled kernels below, called from Python (a data-parallel rank
+    passes are the compiled kernels above, called from Python (a data-parallel rank
     sums the column sums over the ranks between them).
     """
     n, m = dh.shape
@@ -150,191 +149,13 @@ def bn_relu_dropout_backward(dh, h, xhat, gamma, inv_std, keep, scale, da, dgamm
     dbeta[...] = sums[:m]
     dgamma[...] = sums[m:]
     db[...] = 0.0  # batch norm cancels the bias: its gradient is exactly zero
-    bn_input_grad(da, xhat, gamma, inv_std, float(n), sums)  # float count, as a rank passes: one specialization
-
-
-@njit(**_JIT)
-def relu_dropout_bn_sums(dh, h, xhat, keep, scale, d, sums):
-    """First backward pass: ``d`` (N, H), the gradient at the batch-norm output, and its column sums.
-
-    Adds ``sum_i d[i, j]`` into ``sums[j]`` and ``sum_i d[i, j] * xhat[i, j]`` into
-    ``sums[H + j]`` (``sums`` (>= 2H,) float64, zeroed by the caller).
-    """
-    n, m = dh.shape
-    dropout = keep.shape[0] > 0
-    sum_d = np.empty(m, np.float64)  # local accumulators: the compiler knows they alias nothing, and vectorizes
-    sum_dx = np.empty(m, np.float64)
-    for j in range(m):
-        sum_d[j] = 0.0
-        sum_dx[j] = 0.0
-    for i in range(n):
-        for j in range(m):
-            g = _relu_dropout_grad(dh[i, j], h[i, j], dropout, scale)
-            d[i, j] = g
-            sum_d[j] += g
-            sum_dx[j] += g * xhat[i, j]
-    for j in range(m):
-        sums[j] += sum_d[j]
-        sums[m + j] += sum_dx[j]
-
-
-@njit(**_JIT)
-def bn_input_grad(d, xhat, gamma, inv_std, count, sums):
-    """Second backward pass, in place: ``d = gamma * inv_std / count * (count * d - sum_d - xhat * sum_dx)``.
-
-    ``count`` rows in the whole batch; ``sums`` (2H,) float64: the column sums of ``d`` and of
-    ``d * xhat`` over the whole batch (:func:`relu_dropout_bn_sums`, summed over ranks).
-    """
-    n, m = d.shape
-    coef = np.empty(m, np.float64)
-    sum_d = np.empty(m, np.float64)  # local copies: the compiler knows they alias nothing, and vectorizes
-    sum_dx = np.empty(m, np.float64)
-    for j in range(m):
-        coef[j] = gamma[j] * inv_std[j] / count
-        sum_d[j] = sums[j]
-        sum_dx[j] = sums[m + j]
-    for i in range(n):
-        for j in range(m):
-            d[i, j] = coef[j] * (count * d[i, j] - sum_d[j] - xhat[i, j] * sum_dx[j])
-
-
-@njit(**_JIT)
-def bias_relu_dropout_forward(a, b, words, threshold, scale, h, keep):
-    """Train-mode ``h = dropout(relu(a + b))`` (no batch norm); ``keep`` as in the batch-norm kernel."""
-    n, d = a.shape
-    dropout = words.shape[0] > 0
-    for i in range(n):
-        for j in range(d):
-            h[i, j] = _relu_dropout(a[i, j] + b[j], i, j, dropout, words, threshold, scale, keep)
-
-
-@njit(**_JIT)
-def relu_dropout_backward(dh, h, keep, scale, da, db):
-    """Backward of :func:`bias_relu_dropout_forward`: ``da`` (N, H) and ``db`` (H,)."""
-    n, m = dh.shape
-    dropout = keep.shape[0] > 0
-    col = np.empty(m, np.float64)
-    for j in range(m):
-        col[j] = 0.0
-    for i in range(n):
-        for j in range(m):
-            g = _relu_dropout_grad(dh[i, j], h[i, j], dropout, scale)
-            da[i, j] = g
-            col[j] += g
-    for j in range(m):
-        db[j] = col[j]
-
-
-@njit(**_JIT)
-def ln_relu_dropout_forward(a, b, gamma, beta, eps, words, threshold, scale, xhat, h, keep, inv_std):
-    """Train-mode ``h = dropout(relu(layernorm(a + b)))`` for ``a`` (N, H).
-
-    Writes ``xhat`` (N, H), ``h`` (N, H), ``keep`` (N, H) (when ``words`` has rows)
-    and ``inv_std`` (N,), one per sample. Row statistics are accumulated in
-    float64, in two passes (mean, then the squared deviations).
-    """
-    n, d = a.shape
-    dropout = words.shape[0] > 0
-    for i in range(n):
-        mean = 0.0
-        for j in range(d):
-            mean += a[i, j] + b[j]
-        mean /= d
-        var = 0.0
-        for j in range(d):
-            t = a[i, j] + b[j] - mean
-            var += t * t
-        r = 1.0 / math.sqrt(var / d + eps)
-        inv_std[i] = r
-        for j in range(d):
-            xh = (a[i, j] + b[j] - mean) * r
-            xhat[i, j] = xh
-            h[i, j] = _relu_dropout(gamma[j] * xh + beta[j], i, j, dropout, words, threshold, scale, keep)
-
-
-@njit(**_JIT)
-def ln_relu_dropout_backward(dh, h, xhat, gamma, inv_std, keep, scale, da, dgamma, dbeta, db):
-    """Backward pass of :func:`ln_relu_dropout_forward`: ``da`` (N, H), ``dgamma``, ``dbeta``, ``db`` (H,).
-
-    Per row, with ``d`` the gradient at the normalization's output and ``dxhat = gamma * d``:
-    ``da = inv_std / H * (H * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat))``; ``db`` is
-    the column sum of ``da`` (layer norm does not cancel the bias before it).
-    """
-    n, m = dh.shape
-    dropout = keep.shape[0] > 0
-    col_d = np.empty(m, np.float64)
-    col_dx = np.empty(m, np.float64)
-    col_da = np.empty(m, np.float64)
-    for j in range(m):
-        col_d[j] = 0.0
-        col_dx[j] = 0.0
-        col_da[j] = 0.0
-    for i in range(n):
-        sum_d = 0.0
-        sum_dx = 0.0
-        for j in range(m):
-            g = _relu_dropout_grad(dh[i, j], h[i, j], dropout, scale)
-            col_d[j] += g
-            col_dx[j] += g * xhat[i, j]
-            dxh = g * gamma[j]
-            da[i, j] = dxh
-            sum_d += dxh
-            sum_dx += dxh * xhat[i, j]
-        r = inv_std[i] / m
-        for j in range(m):
-            v = r * (m * da[i, j] - sum_d - xhat[i, j] * sum_dx)
-            da[i, j] = v
-            col_da[j] += v
-    for j in range(m):
-        dbeta[j] = col_d[j]
-        dgamma[j] = col_dx[j]
-        db[j] = col_da[j]
-
-
-@njit(inline="always")
-def _adam_moments(m, v, i, gi, beta1, one_minus_beta1, beta2, one_minus_beta2):
-    """Adam's first and second moments at ``i`` after gradient ``gi``, stored in ``m``, ``v`` and returned."""
-    mi = beta1 * m[i] + one_minus_beta1 * gi
-    vi = beta2 * v[i] + one_minus_beta2 * (gi * gi)
-    m[i] = mi
-    v[i] = vi
-    return mi, vi
-
-
-@njit(**_JIT)
-def adam_update(w, g, m, v, step, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, inv_c2):
-    """In place, over flat ``w, g, m, v``: one Adam step.
-
-    ``step = lr / (1 - beta1**t)`` and ``inv_c2 = 1 / (1 - beta2**t)`` carry the bias
-    corrections. Scalars come in the arrays' dtype, so float32 parameters are
-    updated with float32 arithmetic (8 lanes per vector instruction), as the
-    reference does.
-    """
-    for i in range(w.size):
-        wi = w[i]
-        gi = g[i]
-        mi, vi = _adam_moments(m, v, i, gi, beta1, one_minus_beta1, beta2, one_minus_beta2)
-        w[i] = wi - step * mi / (np.sqrt(vi * inv_c2) + eps)
+    bn_input_grad(da, xhat, gamma, inv_std, float(n), sums)
 
 
 def adam_args(s, cast):
     """:func:`adam_update`'s scalars from :meth:`xpdl.updater.Adam.scalars`, in the parameters' dtype."""
     lr, b1, b2, eps, c1, c2 = s[:6]
     return cast(lr / c1), cast(b1), cast(1.0 - b1), cast(b2), cast(1.0 - b2), cast(eps), cast(1.0 / c2)
-
-
-@njit(**_JIT)
-def adamw_update(w, g, m, v, decay, step, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, inv_sqrt_c2):
-    """In place, over flat ``w, g, m, v``: one AdamW step as ``torch.optim.AdamW``.
-
-    ``decay = 1 - lr * weight_decay``, ``step = lr / (1 - beta1**t)``,
-    ``inv_sqrt_c2 = 1 / sqrt(1 - beta2**t)``: ``w = w * decay - step * m / (sqrt(v) * inv_sqrt_c2 + eps)``.
-    """
-    for i in range(w.size):
-        wi = w[i]
-        gi = g[i]
-        mi, vi = _adam_moments(m, v, i, gi, beta1, one_minus_beta1, beta2, one_minus_beta2)
-        w[i] = wi * decay - step * mi / (np.sqrt(vi) * inv_sqrt_c2 + eps)
 
 
 def adamw_args(s, cast):
@@ -352,45 +173,14 @@ def adamw_args(s, cast):
     )
 
 
-@njit(**_JIT)
-def sgd_update(w, g, lr):
-    """In place: ``w -= lr * g``."""
-    for i in range(w.size):
-        wi = w[i]
-        gi = g[i]
-        w[i] = wi - lr * gi
-
-
 def sgd_args(s, cast):
     """:func:`sgd_update`'s scalar: the learning rate."""
     return (cast(s[0]),)
 
 
-@njit(**_JIT)
-def momentum_update(w, g, vel, lr, mu):
-    """In place: ``vel = mu * vel - lr * g; w += vel``."""
-    for i in range(w.size):
-        wi = w[i]
-        gi = g[i]
-        vi = mu * vel[i] - lr * gi
-        vel[i] = vi
-        w[i] = wi + vi
-
-
 def momentum_args(s, cast):
     """:func:`momentum_update`'s scalars from :meth:`xpdl.updater.SGDMomentum.scalars`."""
     return cast(s[0]), cast(s[1])
-
-
-@njit(**_JIT)
-def rmsprop_update(w, g, cache, lr, decay, one_minus_decay, eps):
-    """In place: ``cache = decay * cache + (1 - decay) * g**2; w -= lr * g / (sqrt(cache) + eps)``."""
-    for i in range(w.size):
-        wi = w[i]
-        gi = g[i]
-        ci = decay * cache[i] + one_minus_decay * (gi * gi)
-        cache[i] = ci
-        w[i] = wi - lr * gi / (np.sqrt(ci) + eps)
 
 
 def rmsprop_args(s, cast):
@@ -408,33 +198,3 @@ UPDATE_KERNELS = {
     "adam": (adam_update, adam_args),
     "adamw": (adamw_update, adamw_args),
 }
-
-
-def _default_run_arguments(dtype: type = np.float32) -> dict[str, tuple]:
-    """Small arguments of the types a default ``xpdl train`` passes (float32), per kernel it calls."""
-    n, d = 4, 3
-    a = np.ones((n, d), dtype)
-    vec = np.ones(d, dtype)
-    f64 = np.ones(d, np.float64)
-    words, keep = np.ones((n, d), np.uint32), np.ones((n, d), np.uint8)
-    w = np.ones(5, dtype)
-    cast = np.dtype(dtype).type
-    return {
-        "relu_dropout_bn_sums": (a, a, a, keep, 2.0, a.copy(), np.zeros(2 * d)),
-        "bn_input_grad": (a.copy(), a, vec, f64, float(n), np.zeros(2 * d)),
-        "adam_update": (w, w.copy(), w.copy(), w.copy(), *adam_args((1e-3, 0.9, 0.999, 1e-8, 0.1, 0.1), cast)),
-        "bn_normalize_relu_dropout": (a, f64, f64, vec, vec, words, 2**31, 2.0, a.copy(), a.copy(), keep.copy()),
-        "bn_statistics": (f64, f64, float(n), vec, vec.copy(), vec.copy(), 0.9, 1e-5, f64.copy()),
-        "column_squared_deviations": (a, f64, np.zeros(d)),
-        "column_sums": (a, np.zeros(d)),
-    }
-
-
-def warm_up() -> None:
-    """Compile into numba's disk cache (or load from it) every kernel a default ``xpdl train`` calls.
-
-    ``python -c "from xpdl.cpu_kernels import warm_up; warm_up()"`` once (in an image build,
-    before starting many tune workers or ranks) spares the first runs their compile wait.
-    """
-    for name, args in _default_run_arguments().items():
-        globals()[name](*args)

@@ -21,12 +21,13 @@ is a fresh array. The numbers are those of the reference methods, to rounding
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import numpy as np
 
-from xpdl.backends.base import Backend
+from xpdl.backends.base import Backend, announce
 from xpdl.conv_layers import conv_output_shape, pool_output_shape
 from xpdl.dropout_layers import check_keep_probability, dropout_words
 from xpdl.host import to_numpy
@@ -38,9 +39,26 @@ _NO_KEEP = np.zeros((0, 0), np.uint8)
 
 
 def _kernels() -> Any:
-    from xpdl.backends import cpu_kernels  # numba loads on the first training step, not on import xpdl
+    from xpdl.backends import cpu_kernels  # loaded by the first training step, not by import xpdl
 
     return cpu_kernels
+
+
+@functools.cache
+def kernels_problem() -> str:
+    """Why the compiled CPU kernels cannot run here (``""`` when they can).
+
+    They are built when xpdl is installed; a machine without a C++ compiler
+    installs xpdl without them, and its training steps run the reference math.
+    """
+    try:
+        from xpdl.backends import conv_kernels, cpu_kernels  # noqa: F401  (each loads its C++ extension)
+    except ImportError as exc:
+        return (
+            f"the compiled CPU kernels were not built when xpdl was installed ({exc}); with a C++ compiler "
+            "(g++ or clang++) on the PATH, reinstall xpdl (pip install --force-reinstall --no-deps xpdl)"
+        )
+    return ""
 
 
 def _buffer(buffers: dict | None, key: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -88,7 +106,7 @@ class _ConvCache:
 
 
 def _conv_kernels() -> Any:
-    from xpdl.backends import conv_kernels  # numba loads on the first conv training step
+    from xpdl.backends import conv_kernels  # loaded by the first conv training step
 
     return conv_kernels
 
@@ -110,6 +128,17 @@ class NumpyBackend(Backend):
 
     def asarray(self, obj: Any, dtype: Any = None) -> Any:
         return np.asarray(to_numpy(obj), dtype=None if dtype is None else self.dtype(dtype))
+
+    def training_ops(self) -> Backend:
+        """This backend, or the reference (saying why, once) when ``XPDL_FUSED=0`` or the kernels are not built."""
+        ops = super().training_ops()
+        if ops is not self:
+            return ops
+        why = kernels_problem()
+        if why:
+            announce(f"numpy: the reference training step runs because {why}")
+            return self.reference()
+        return self
 
     # ---------------------------------------------------------------- a training step
     def hidden_forward(self, x, params, layer, dropout_param, buffers=None):

@@ -17,13 +17,12 @@ The default name comes from the ``XPDL_BACKEND`` environment variable, else ``"a
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 import array_api_compat
 import numpy as np
 
-from xpdl.backends.base import Backend, BackendUnavailable, namespace_key
+from xpdl.backends.base import Backend, BackendUnavailable, announce, namespace_key
 
 BACKEND_NAMES = ("auto", "numpy", "cupy", "cupy:N", "array_api_strict")
 CUDA_INSTALL_HINT = 'pip install "xpdl[cuda12]" (CUDA 12) or "xpdl[cuda13]" (CUDA 13)'
@@ -100,7 +99,6 @@ def probe_cupy(device_id: int = 0) -> str:
 
 
 _CACHE: dict[str, Backend] = {}
-_ANNOUNCED: set[str] = set()
 
 
 ENV_VARIABLE = "XPDL_BACKEND"
@@ -175,14 +173,6 @@ def _auto_backend() -> Backend:
     return backend
 
 
-def announce(message: str) -> None:
-    """Print ``message`` to stderr once per process (silenced by ``XPDL_QUIET=1``)."""
-    if message in _ANNOUNCED or os.environ.get("XPDL_QUIET") == "1":
-        return
-    _ANNOUNCED.add(message)
-    print(f"xpdl: {message}", file=sys.stderr)
-
-
 def backend_of(arr: Any) -> Backend:
     """The backend whose namespace and device array ``arr`` belongs to."""
     if type(arr) is np.ndarray:
@@ -197,7 +187,15 @@ def backend_of(arr: Any) -> Backend:
 
 def describe_paths() -> str:
     """One line naming the training-step implementation of each kind of backend."""
-    return "CPU: numpy-fused (numba); CuPy: cupy-fused-update; others: reference xp"
+    from xpdl.backends.numpy_backend import kernels_problem
+
+    if kernels_problem():
+        cpu = "reference xp (the C++ kernels were not built at install)"
+    else:
+        from xpdl.backends import cpu_kernels
+
+        cpu = f"numpy-fused (C++ kernels, {cpu_kernels.instruction_set()})"
+    return f"CPU: {cpu}; CuPy: cupy-fused-update; others: reference xp"
 
 
 def available_backends() -> dict[str, str]:

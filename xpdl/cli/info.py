@@ -19,7 +19,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
 
 
-LIBRARIES = ("numpy", "array-api-compat", "array-api-strict", "numba", "tqdm", "matplotlib", "optuna", "mpi4py")
+LIBRARIES = ("numpy", "array-api-compat", "array-api-strict", "threadpoolctl", "tqdm", "matplotlib", "optuna", "mpi4py")
 
 
 CUPY_DISTRIBUTIONS = ("cupy", "cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x")

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from xpdl.parallel.distributed import MPI_INSTALL_HINT
 
-#: The thread-count variables of xpdl (:mod:`xpdl.threads`) and of the BLAS, OpenMP and numba runtimes it may use.
+#: The thread-count variables of xpdl (:mod:`xpdl.threads`) and of the BLAS and OpenMP runtimes it may use
+#: (NUMBA_NUM_THREADS for user code that runs numba beside xpdl).
 THREAD_VARIABLES = (
     "XPDL_THREADS",
     "OMP_NUM_THREADS",

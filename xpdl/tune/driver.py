@@ -38,7 +38,6 @@ from xpdl.version import __version__
 INSTALL_HINT = 'Optuna is not installed; install it with pip install "xpdl[tune]" (or pip install optuna)'
 STUDY_FILE = "tune.json"
 DEFAULT_TRIALS = 20
-#: Environment variables that set the thread count of the BLAS and of numba in a worker.
 #: Seconds a worker gets to finish its run folder after Ctrl-C before it is killed.
 STOP_SECONDS = 30.0
 
@@ -312,7 +311,7 @@ def _safe_url(spec: str) -> str:
 
 # ---------------------------------------------------------------- workers
 def worker_environment(count: int) -> dict[str, str]:
-    """This process's environment for one of ``count`` workers: cores / count BLAS and numba threads."""
+    """This process's environment for one of ``count`` workers: cores / count BLAS threads."""
     from xpdl.parallel.launch import thread_environment
 
     env = {**os.environ, **thread_environment(count, os.cpu_count() or 1)}

@@ -124,7 +124,7 @@ def _preload() -> None:
     """Import what every trial needs once, so trial seconds measure training, not imports."""
     import matplotlib.figure  # noqa: F401  (curves.png)
 
-    import xpdl.backends.cpu_kernels  # noqa: F401  (numba)
+    import xpdl.backends.cpu_kernels  # noqa: F401  (the compiled kernels)
     import xpdl.training.run  # noqa: F401
 
 

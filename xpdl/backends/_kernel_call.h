@@ -1,0 +1,250 @@
+// The calling side of xpdl's compiled CPU kernels: arguments from Python, checked, with clear errors.
+//
+// A kernel module's functions are METH_FASTCALL functions that take NumPy arrays (through the
+// buffer protocol, so no NumPy headers are needed to build) and Python numbers. `Call` holds one
+// call's arguments: each `array()` / `real()` / `integer()` reads one of them, and the first thing
+// that does not fit (wrong count, wrong dtype, wrong rank, read-only output, too small) sets a
+// TypeError or ValueError naming the kernel, the argument, what was expected and what came. Later
+// reads then return empty values, so a wrapper reads every argument and checks `ok()` once.
+//
+// The kernels' bodies live in `*_body.h` files included twice (see XK_PICK below): once for
+// the baseline instruction set and once compiled for AVX2, chosen once per process by
+// `xk::has_avx2()`. Floating-point contraction (FMA) stays off in both, so both give the same
+// bits, the bits of the reference NumPy code's operations in the same order.
+#pragma once
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+namespace xk {
+
+enum Dtype { F32, F64, U32, U8, OTHER };
+
+inline const char* dtype_name(Dtype d) {
+    switch (d) {
+        case F32: return "float32";
+        case F64: return "float64";
+        case U32: return "uint32";
+        case U8: return "uint8";
+        default: return "another dtype";
+    }
+}
+
+// One array argument: its data, shape and strides (in elements, not bytes).
+struct Array {
+    char* data = nullptr;
+    int ndim = 0;
+    Py_ssize_t shape[4] = {0, 0, 0, 0};
+    Py_ssize_t stride[4] = {0, 0, 0, 0};
+    Dtype dtype = OTHER;
+    Py_ssize_t size() const {
+        Py_ssize_t s = 1;
+        for (int k = 0; k < ndim; ++k) s *= shape[k];
+        return s;
+    }
+    template <class T>
+    T* ptr() const { return reinterpret_cast<T*>(data); }
+};
+
+inline Dtype dtype_of(const Py_buffer& v) {
+    const char* f = v.format ? v.format : "B";
+    if (*f == '@' || *f == '=' || *f == '<') ++f;
+    switch (*f) {
+        case 'f': return v.itemsize == 4 ? F32 : OTHER;
+        case 'd': return v.itemsize == 8 ? F64 : OTHER;
+        case 'I':
+        case 'L': return v.itemsize == 4 ? U32 : OTHER;
+        case 'B': return v.itemsize == 1 ? U8 : OTHER;
+        default: return OTHER;
+    }
+}
+
+class Call {
+  public:
+    Call(const char* kernel, PyObject* const* args, Py_ssize_t nargs, Py_ssize_t want)
+        : kernel_(kernel), args_(args), nargs_(nargs) {
+        if (nargs != want)
+            fail(PyExc_TypeError, "expected %zd arguments, got %zd", want, nargs);
+    }
+    ~Call() {
+        for (int k = 0; k < held_; ++k) PyBuffer_Release(&views_[k]);
+    }
+    Call(const Call&) = delete;
+    Call& operator=(const Call&) = delete;
+
+    bool ok() const { return !failed_; }
+
+    // Argument i: an array of `ndim` dimensions; C-contiguous unless `strided`; writable if `out`.
+    Array array(Py_ssize_t i, const char* name, int ndim, bool out, bool strided = false) {
+        Array a;
+        if (failed_) return a;
+        if (held_ == kMaxArrays) {
+            fail(PyExc_RuntimeError, "too many array arguments");
+            return a;
+        }
+        Py_buffer& v = views_[held_];
+        int flags = (strided ? PyBUF_STRIDES : PyBUF_C_CONTIGUOUS) | PyBUF_FORMAT | (out ? PyBUF_WRITABLE : 0);
+        if (PyObject_GetBuffer(args_[i], &v, flags) != 0) {
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            PyObject* why = value ? PyObject_Str(value) : nullptr;
+            const char* text = why ? PyUnicode_AsUTF8(why) : "";
+            fail(out ? PyExc_ValueError : PyExc_TypeError, "%s: expected a %s%sarray, got %s (%s)", name,
+                 out ? "writable " : "", strided ? "" : "C-contiguous ", Py_TYPE(args_[i])->tp_name, text ? text : "");
+            Py_XDECREF(why);
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(tb);
+            return a;
+        }
+        ++held_;
+        if (v.ndim != ndim) {
+            fail(PyExc_ValueError, "%s: expected %d dimensions, got %d", name, ndim, v.ndim);
+            return a;
+        }
+        a.data = static_cast<char*>(v.buf);
+        a.ndim = ndim;
+        a.dtype = dtype_of(v);
+        Py_ssize_t step = 1;
+        for (int k = ndim - 1; k >= 0; --k) {
+            a.shape[k] = v.shape[k];
+            if (v.strides) {
+                if (v.strides[k] % v.itemsize != 0) {
+                    fail(PyExc_ValueError, "%s: expected strides that are whole elements", name);
+                    return a;
+                }
+                a.stride[k] = v.strides[k] / v.itemsize;
+            } else {
+                a.stride[k] = step;
+            }
+            step *= v.shape[k];
+        }
+        return a;
+    }
+
+    // Argument i as a C double (a Python or NumPy number).
+    double real(Py_ssize_t i, const char* name) {
+        if (failed_) return 0.0;
+        double x = PyFloat_AsDouble(args_[i]);
+        if (x == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            fail(PyExc_TypeError, "%s: expected a real number, got %s", name, Py_TYPE(args_[i])->tp_name);
+        }
+        return x;
+    }
+
+    // Argument i as a 64-bit integer.
+    long long integer(Py_ssize_t i, const char* name) {
+        if (failed_) return 0;
+        long long x = PyLong_AsLongLong(args_[i]);
+        if (x == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            fail(PyExc_TypeError, "%s: expected an integer, got %s", name, Py_TYPE(args_[i])->tp_name);
+        }
+        return x;
+    }
+
+    // `a` has dtype `want`.
+    void dtype(const Array& a, const char* name, Dtype want) {
+        if (!failed_ && a.dtype != want)
+            fail(PyExc_TypeError, "%s: expected %s, got %s", name, dtype_name(want), dtype_name(a.dtype));
+    }
+
+    // `a` is float32 or float64 (the parameters' dtype, which picks the kernel's specialization).
+    void real_dtype(const Array& a, const char* name) {
+        if (!failed_ && a.dtype != F32 && a.dtype != F64)
+            fail(PyExc_TypeError, "%s: expected float32 or float64, got %s", name, dtype_name(a.dtype));
+    }
+
+    // Dimension k of `a` is `n` (`what` says where n comes from, e.g. "the columns of a").
+    void dim(const Array& a, const char* name, int k, Py_ssize_t n, const char* what) {
+        if (!failed_ && a.shape[k] != n)
+            fail(PyExc_ValueError, "%s: expected %zd (%s) in dimension %d, got %zd", name, n, what, k, a.shape[k]);
+    }
+
+    // `a` holds at least n elements.
+    void at_least(const Array& a, const char* name, Py_ssize_t n, const char* what) {
+        if (!failed_ && a.size() < n)
+            fail(PyExc_ValueError, "%s: expected at least %zd elements (%s), got %zd", name, n, what, a.size());
+    }
+
+    // `a` has the shape of `like`.
+    void same_shape(const Array& a, const char* name, const Array& like, const char* like_name) {
+        for (int k = 0; k < like.ndim && !failed_; ++k)
+            if (a.shape[k] != like.shape[k])
+                fail(PyExc_ValueError, "%s: expected the shape of %s, got %zd instead of %zd in dimension %d", name,
+                     like_name, a.shape[k], like.shape[k], k);
+    }
+
+    // A ValueError "kernel: <message>" unless `condition` holds.
+    template <class... A>
+    void require(bool condition, const char* format, A... values) {
+        if (!failed_ && !condition) fail(PyExc_ValueError, format, values...);
+    }
+
+  private:
+    template <class... A>
+    void fail(PyObject* type, const char* format, A... values) {
+        char message[512];
+        std::snprintf(message, sizeof message, format, values...);
+        PyErr_Format(type, "%s: %s", kernel_, message);
+        failed_ = true;
+    }
+
+    static constexpr int kMaxArrays = 16;
+    const char* kernel_;
+    PyObject* const* args_;
+    Py_ssize_t nargs_;
+    Py_buffer views_[kMaxArrays];
+    int held_ = 0;
+    bool failed_ = false;
+};
+
+// Releases the GIL while a kernel runs over at least `kMinElements` elements (below that the
+// release and the re-acquisition cost more than the other threads gain).
+class Unlocked {
+  public:
+    static constexpr Py_ssize_t kMinElements = 1 << 15;
+    explicit Unlocked(Py_ssize_t elements) : state_(elements >= kMinElements ? PyEval_SaveThread() : nullptr) {}
+    ~Unlocked() {
+        if (state_) PyEval_RestoreThread(state_);
+    }
+    Unlocked(const Unlocked&) = delete;
+    Unlocked& operator=(const Unlocked&) = delete;
+
+  private:
+    PyThreadState* state_;
+};
+
+// Whether the AVX2 variants run: this CPU has AVX2 and XPDL_KERNEL_ISA is not "baseline" (which
+// the tests set to check that both variants give the same bits). Decided once per process.
+inline bool has_avx2() {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    static const bool yes = [] {
+        const char* isa = std::getenv("XPDL_KERNEL_ISA");
+        return __builtin_cpu_supports("avx2") && !(isa && std::strcmp(isa, "baseline") == 0);
+    }();
+    return yes;
+#else
+    return false;
+#endif
+}
+
+}  // namespace xk
+
+// A kernel module includes its body header (no include guard) twice: in namespace `generic`
+// (the baseline instruction set) and, with GCC on x86-64, in namespace `avx2` between
+// `#pragma GCC push_options / target("avx2") / pop_options`. XK_PICK(f) names the variant this
+// CPU runs.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define XK_HAVE_AVX2_VARIANT 1
+#define XK_PICK(...) (xk::has_avx2() ? avx2::__VA_ARGS__ : generic::__VA_ARGS__)
+#else
+#define XK_HAVE_AVX2_VARIANT 0
+#define XK_PICK(...) (generic::__VA_ARGS__)
+#endif
