@@ -8,7 +8,8 @@
 # Prints a short summary table last; every step writes its log under $OUT (or /tmp/gpu_check) as it goes, so a
 # time-out still leaves them.
 #
-# Needs numpy, cupy, pytest, numba, tqdm, matplotlib (and torch for the comparison). Wheels placed in .whl/
+# Needs numpy, cupy, pytest, tqdm, matplotlib (and torch for the comparison); builds the C++ CPU kernels in place
+# when a C++ compiler is there (without one the CPU side runs the reference step and says so). Wheels placed in .whl/
 # (array-api-compat, array-api-strict, filelock: the device image lacks them) are installed to /tmp/site first:
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -21,6 +22,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site
 fi
+"$PY" setup.py -q build_ext --inplace >/dev/null 2>&1 || echo "no C++ kernels built: the CPU side runs the reference step"
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1 XPDL_QUIET=1 MPLBACKEND=Agg
 logs="${OUT:-/tmp/gpu_check}"
 work="$(mktemp -d)"
