@@ -56,6 +56,10 @@ print(json.dumps({"sha256": digest.hexdigest(), "path": tr.step_path,
 """
 
 
+#: The kernels' instruction-set variants, from the baseline up (``instruction_set()`` names the one that runs).
+ISAS = ["baseline", "avx2", "avx512"]
+
+
 def run_steps(env: dict[str, str] | None = None, prelude: str = "") -> tuple[dict, str]:
     """Run :data:`STEPS` in a fresh interpreter; its JSON line and its stderr."""
     full_env = {**os.environ, "XPDL_QUIET": "0", **(env or {})}
@@ -82,14 +86,18 @@ def test_every_kernel_is_compiled_code_from_the_installed_extension():
 
 
 def test_training_loads_no_jit_compiler_and_every_instruction_set_gives_the_same_bits():
-    """A fresh process trains without numba or LLVM; the baseline build gives the AVX2 build's bits."""
+    """A fresh process trains without numba or LLVM; every instruction-set variant below this CPU's best
+    (baseline, AVX2, AVX-512) gives the bits of the best one."""
     native, _ = run_steps()
     assert native["modules"] == []
     assert native["path"] == "numpy-fused"
-    if _cpu_kernels.instruction_set() != "avx2":
-        pytest.skip("this CPU has no AVX2: only the baseline variant runs here (the AVX2 one needs an AVX2 CPU)")
-    baseline, _ = run_steps({"XPDL_KERNEL_ISA": "baseline"})
-    assert baseline["sha256"] == native["sha256"]
+    native_isa = _cpu_kernels.instruction_set()
+    lower = ISAS[: ISAS.index(native_isa)]
+    if not lower:
+        pytest.skip("this CPU has no AVX2: only the baseline variant runs here (the others need AVX2 / AVX-512)")
+    for isa in lower:
+        capped, _ = run_steps({"XPDL_KERNEL_ISA": isa})
+        assert capped["sha256"] == native["sha256"], f"{isa} gives other bits than {native_isa}"
 
 
 def test_without_the_compiled_kernels_the_reference_step_runs_and_says_why():

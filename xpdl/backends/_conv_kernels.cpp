@@ -19,10 +19,16 @@
 namespace generic {
 #include "_conv_kernels_body.h"
 }
-#if XK_HAVE_AVX2_VARIANT
+#if XK_HAVE_ISA_VARIANTS
 #pragma GCC push_options
 #pragma GCC target("avx2")
 namespace avx2 {
+#include "_conv_kernels_body.h"
+}
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,prefer-vector-width=512")
+namespace avx512 {
 #include "_conv_kernels_body.h"
 }
 #pragma GCC pop_options
@@ -264,7 +270,7 @@ KERNEL(max_pool_relu_backward) {
 }
 
 PyObject* py_instruction_set(PyObject*, PyObject*) {
-    return PyUnicode_FromString(XK_HAVE_AVX2_VARIANT && xk::has_avx2() ? "avx2" : "baseline");
+    return PyUnicode_FromString(xk::isa_name(xk::isa()));
 }
 
 #define ENTRY(name, doc) {#name, reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(py_##name)), METH_FASTCALL, doc}

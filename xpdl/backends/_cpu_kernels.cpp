@@ -2,6 +2,7 @@
 // them), built when xpdl is installed. Each function checks its arguments (see _kernel_call.h),
 // then runs the body (_cpu_kernels_body.h) for the parameters' dtype on this CPU's instruction set.
 #include <initializer_list>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -10,10 +11,16 @@
 namespace generic {
 #include "_cpu_kernels_body.h"
 }
-#if XK_HAVE_AVX2_VARIANT
+#if XK_HAVE_ISA_VARIANTS
 #pragma GCC push_options
 #pragma GCC target("avx2")
 namespace avx2 {
+#include "_cpu_kernels_body.h"
+}
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,prefer-vector-width=512")
+namespace avx512 {
 #include "_cpu_kernels_body.h"
 }
 #pragma GCC pop_options
@@ -42,6 +49,26 @@ bool dropout_arrays(Call& c, const Array& words, const Array& keep, const Array&
         c.same_shape(keep, "keep", like, like_name);
     }
     return dropout;
+}
+
+// Runs body(T{}, std::bool_constant<Dropout>{}) with T the dtype's C type and the dropout flag as a constant,
+// so each kernel body is compiled for float32 and float64, with and without dropout.
+template <class Body>
+void by_dtype_and_dropout(xk::Dtype dtype, bool dropout, Body body) {
+    if (dtype == F32) {
+        if (dropout) body(float{}, std::true_type{});
+        else body(float{}, std::false_type{});
+    } else {
+        if (dropout) body(double{}, std::true_type{});
+        else body(double{}, std::false_type{});
+    }
+}
+
+// The dropout threshold: a uint32 word below it keeps its element.
+uint32_t threshold_argument(Call& c, Py_ssize_t i) {
+    long long t = c.integer(i, "threshold");
+    c.require(t >= 0 && t <= 0xFFFFFFFFLL, "threshold: expected an integer in [0, 2**32), got %lld", t);
+    return static_cast<uint32_t>(t);
 }
 
 // A float64 scratch vector of n elements (the column accumulators).
@@ -131,7 +158,7 @@ KERNEL(bn_normalize_relu_dropout) {
     Array a = c.array(0, "a", 2, false), mean = c.array(1, "mean", 1, false), inv_std = c.array(2, "inv_std", 1, false),
           gamma = c.array(3, "gamma", 1, false), beta = c.array(4, "beta", 1, false),
           words = c.array(5, "words", 2, false);
-    long long threshold = c.integer(6, "threshold");
+    uint32_t threshold = threshold_argument(c, 6);
     double scale = c.real(7, "scale");
     Array xhat = c.array(8, "xhat", 2, true), h = c.array(9, "h", 2, true), keep = c.array(10, "keep", 2, true);
     c.real_dtype(a, "a");
@@ -151,16 +178,10 @@ KERNEL(bn_normalize_relu_dropout) {
     bool dropout = dropout_arrays(c, words, keep, a, "a");
     if (!c.ok()) return nullptr;
     xk::Unlocked u(a.size());
-    if (a.dtype == F32)
-        XK_PICK(bn_normalize_relu_dropout<float>)(a.ptr<float>(), n, d, mean.ptr<double>(), inv_std.ptr<double>(),
-                                                  gamma.ptr<float>(), beta.ptr<float>(), words.ptr<uint32_t>(),
-                                                  threshold, scale, xhat.ptr<float>(), h.ptr<float>(),
-                                                  keep.ptr<uint8_t>(), dropout);
-    else
-        XK_PICK(bn_normalize_relu_dropout<double>)(a.ptr<double>(), n, d, mean.ptr<double>(), inv_std.ptr<double>(),
-                                                   gamma.ptr<double>(), beta.ptr<double>(), words.ptr<uint32_t>(),
-                                                   threshold, scale, xhat.ptr<double>(), h.ptr<double>(),
-                                                   keep.ptr<uint8_t>(), dropout);
+    by_dtype_and_dropout(a.dtype, dropout, [&](auto t, auto drop) {
+        using T = decltype(t);
+        XK_PICK(bn_normalize_relu_dropout<decltype(drop)::value, T>)(a.ptr<T>(), n, d, mean.ptr<double>(), inv_std.ptr<double>(), gamma.ptr<T>(), beta.ptr<T>(), words.ptr<uint32_t>(), threshold, scale, xhat.ptr<T>(), h.ptr<T>(), keep.ptr<uint8_t>());
+    });
     Py_RETURN_NONE;
 }
 
@@ -182,12 +203,10 @@ KERNEL(relu_dropout_bn_sums) {
     if (!c.ok()) return nullptr;
     auto sum_d = scratch(m), sum_dx = scratch(m);
     xk::Unlocked u(dh.size());
-    if (dh.dtype == F32)
-        XK_PICK(relu_dropout_bn_sums<float>)(dh.ptr<float>(), h.ptr<float>(), xhat.ptr<float>(), n, m, dropout, scale,
-                                             d.ptr<float>(), sums.ptr<double>(), sum_d.data(), sum_dx.data());
-    else
-        XK_PICK(relu_dropout_bn_sums<double>)(dh.ptr<double>(), h.ptr<double>(), xhat.ptr<double>(), n, m, dropout,
-                                              scale, d.ptr<double>(), sums.ptr<double>(), sum_d.data(), sum_dx.data());
+    by_dtype_and_dropout(dh.dtype, dropout, [&](auto t, auto drop) {
+        using T = decltype(t);
+        XK_PICK(relu_dropout_bn_sums<decltype(drop)::value, T>)(dh.ptr<T>(), h.ptr<T>(), xhat.ptr<T>(), n, m, scale, d.ptr<T>(), sums.ptr<double>(), sum_d.data(), sum_dx.data());
+    });
     Py_RETURN_NONE;
 }
 
@@ -222,7 +241,7 @@ KERNEL(bn_input_grad) {
 KERNEL(bias_relu_dropout_forward) {
     Call c("bias_relu_dropout_forward", args, nargs, 7);
     Array a = c.array(0, "a", 2, false), b = c.array(1, "b", 1, false), words = c.array(2, "words", 2, false);
-    long long threshold = c.integer(3, "threshold");
+    uint32_t threshold = threshold_argument(c, 3);
     double scale = c.real(4, "scale");
     Array h = c.array(5, "h", 2, true), keep = c.array(6, "keep", 2, true);
     c.real_dtype(a, "a");
@@ -234,12 +253,10 @@ KERNEL(bias_relu_dropout_forward) {
     bool dropout = dropout_arrays(c, words, keep, a, "a");
     if (!c.ok()) return nullptr;
     xk::Unlocked u(a.size());
-    if (a.dtype == F32)
-        XK_PICK(bias_relu_dropout_forward<float>)(a.ptr<float>(), b.ptr<float>(), n, d, words.ptr<uint32_t>(),
-                                                  threshold, scale, h.ptr<float>(), keep.ptr<uint8_t>(), dropout);
-    else
-        XK_PICK(bias_relu_dropout_forward<double>)(a.ptr<double>(), b.ptr<double>(), n, d, words.ptr<uint32_t>(),
-                                                   threshold, scale, h.ptr<double>(), keep.ptr<uint8_t>(), dropout);
+    by_dtype_and_dropout(a.dtype, dropout, [&](auto t, auto drop) {
+        using T = decltype(t);
+        XK_PICK(bias_relu_dropout_forward<decltype(drop)::value, T>)(a.ptr<T>(), b.ptr<T>(), n, d, words.ptr<uint32_t>(), threshold, scale, h.ptr<T>(), keep.ptr<uint8_t>());
+    });
     Py_RETURN_NONE;
 }
 
@@ -260,12 +277,10 @@ KERNEL(relu_dropout_backward) {
     if (!c.ok()) return nullptr;
     auto col = scratch(m);
     xk::Unlocked u(dh.size());
-    if (dh.dtype == F32)
-        XK_PICK(relu_dropout_backward<float>)(dh.ptr<float>(), h.ptr<float>(), n, m, dropout, scale, da.ptr<float>(),
-                                              db.ptr<float>(), col.data());
-    else
-        XK_PICK(relu_dropout_backward<double>)(dh.ptr<double>(), h.ptr<double>(), n, m, dropout, scale,
-                                               da.ptr<double>(), db.ptr<double>(), col.data());
+    by_dtype_and_dropout(dh.dtype, dropout, [&](auto t, auto drop) {
+        using T = decltype(t);
+        XK_PICK(relu_dropout_backward<decltype(drop)::value, T>)(dh.ptr<T>(), h.ptr<T>(), n, m, scale, da.ptr<T>(), db.ptr<T>(), col.data());
+    });
     Py_RETURN_NONE;
 }
 
@@ -275,7 +290,7 @@ KERNEL(ln_relu_dropout_forward) {
           beta = c.array(3, "beta", 1, false);
     double eps = c.real(4, "eps");
     Array words = c.array(5, "words", 2, false);
-    long long threshold = c.integer(6, "threshold");
+    uint32_t threshold = threshold_argument(c, 6);
     double scale = c.real(7, "scale");
     Array xhat = c.array(8, "xhat", 2, true), h = c.array(9, "h", 2, true), keep = c.array(10, "keep", 2, true),
           inv_std = c.array(11, "inv_std", 1, true);
@@ -294,16 +309,10 @@ KERNEL(ln_relu_dropout_forward) {
     bool dropout = dropout_arrays(c, words, keep, a, "a");
     if (!c.ok()) return nullptr;
     xk::Unlocked u(a.size());
-    if (a.dtype == F32)
-        XK_PICK(ln_relu_dropout_forward<float>)(a.ptr<float>(), b.ptr<float>(), n, d, gamma.ptr<float>(),
-                                                beta.ptr<float>(), eps, words.ptr<uint32_t>(), threshold, scale,
-                                                xhat.ptr<float>(), h.ptr<float>(), keep.ptr<uint8_t>(),
-                                                inv_std.ptr<double>(), dropout);
-    else
-        XK_PICK(ln_relu_dropout_forward<double>)(a.ptr<double>(), b.ptr<double>(), n, d, gamma.ptr<double>(),
-                                                 beta.ptr<double>(), eps, words.ptr<uint32_t>(), threshold, scale,
-                                                 xhat.ptr<double>(), h.ptr<double>(), keep.ptr<uint8_t>(),
-                                                 inv_std.ptr<double>(), dropout);
+    by_dtype_and_dropout(a.dtype, dropout, [&](auto t, auto drop) {
+        using T = decltype(t);
+        XK_PICK(ln_relu_dropout_forward<decltype(drop)::value, T>)(a.ptr<T>(), b.ptr<T>(), n, d, gamma.ptr<T>(), beta.ptr<T>(), eps, words.ptr<uint32_t>(), threshold, scale, xhat.ptr<T>(), h.ptr<T>(), keep.ptr<uint8_t>(), inv_std.ptr<double>());
+    });
     Py_RETURN_NONE;
 }
 
@@ -331,16 +340,10 @@ KERNEL(ln_relu_dropout_backward) {
     if (!c.ok()) return nullptr;
     auto col_d = scratch(m), col_dx = scratch(m), col_da = scratch(m);
     xk::Unlocked u(dh.size());
-    if (dh.dtype == F32)
-        XK_PICK(ln_relu_dropout_backward<float>)(dh.ptr<float>(), h.ptr<float>(), xhat.ptr<float>(), n, m,
-                                                 gamma.ptr<float>(), inv_std.ptr<double>(), dropout, scale,
-                                                 da.ptr<float>(), dgamma.ptr<float>(), dbeta.ptr<float>(),
-                                                 db.ptr<float>(), col_d.data(), col_dx.data(), col_da.data());
-    else
-        XK_PICK(ln_relu_dropout_backward<double>)(dh.ptr<double>(), h.ptr<double>(), xhat.ptr<double>(), n, m,
-                                                  gamma.ptr<double>(), inv_std.ptr<double>(), dropout, scale,
-                                                  da.ptr<double>(), dgamma.ptr<double>(), dbeta.ptr<double>(),
-                                                  db.ptr<double>(), col_d.data(), col_dx.data(), col_da.data());
+    by_dtype_and_dropout(dh.dtype, dropout, [&](auto t, auto drop) {
+        using T = decltype(t);
+        XK_PICK(ln_relu_dropout_backward<decltype(drop)::value, T>)(dh.ptr<T>(), h.ptr<T>(), xhat.ptr<T>(), n, m, gamma.ptr<T>(), inv_std.ptr<double>(), scale, da.ptr<T>(), dgamma.ptr<T>(), dbeta.ptr<T>(), db.ptr<T>(), col_d.data(), col_dx.data(), col_da.data());
+    });
     Py_RETURN_NONE;
 }
 
@@ -418,7 +421,7 @@ KERNEL(momentum_update) {
 KERNEL(rmsprop_update) { return update<run_rmsprop<float>, run_rmsprop<double>>("rmsprop_update", 3, 4, args, nargs); }
 
 PyObject* py_instruction_set(PyObject*, PyObject*) {
-    return PyUnicode_FromString(XK_HAVE_AVX2_VARIANT && xk::has_avx2() ? "avx2" : "baseline");
+    return PyUnicode_FromString(xk::isa_name(xk::isa()));
 }
 
 #define ENTRY(name, doc) {#name, reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(py_##name)), METH_FASTCALL, doc}

@@ -4,31 +4,35 @@
 // value meets a float64 one in double, as NumPy promotes them. No include guard: the module
 // includes this file once per instruction set (see _kernel_call.h).
 
-// ReLU, then inverted dropout, of one pre-activation y; records the keep bit.
-static inline double relu_dropout(double y, Py_ssize_t at, bool dropout, const uint32_t* words, long long threshold,
-                                  double scale, uint8_t* keep) {
-    if (y < 0) y = 0.0;
-    if (dropout) {
-        bool k = words[at] < threshold;
-        keep[at] = k;
-        y = k ? y * scale : 0.0;
-    }
-    return y;
+// ReLU of one pre-activation, as `if y < 0: y = 0` (NaN and -0.0 pass).
+static inline double relu(double y) { return y < 0 ? 0.0 : y; }
+
+// Inverted dropout of one value: kept, scaled by 1/p, when its word is below `threshold`; records the bit.
+static inline double dropout_one(double y, uint32_t word, uint32_t threshold, double scale, uint8_t& keep) {
+    bool k = word < threshold;
+    keep = k;
+    return k ? y * scale : 0.0;
 }
 
-// Gradient through relu_dropout: dh passes (scaled by 1/p) exactly where h > 0.
-template <class T>
-static inline double relu_dropout_grad(T dh, T h, bool dropout, double scale) {
+// Gradient through relu then dropout: dh passes (scaled by 1/p with dropout) exactly where h > 0.
+template <bool Dropout, class T>
+static inline double relu_dropout_grad(T dh, T h, double scale) {
     double g = h > 0 ? static_cast<double>(dh) : 0.0;
-    if (dropout) g = g * scale;
+    if constexpr (Dropout) g = g * scale;
     return g;
 }
 
+// Row i of an (N, H) array.
 template <class T>
-void column_sums(const T* a, Py_ssize_t n, Py_ssize_t d, double* out, double* acc) {
+static inline T* row_of(T* a, Py_ssize_t i, Py_ssize_t width) {
+    return a + i * width;
+}
+
+template <class T>
+void column_sums(const T* a, Py_ssize_t n, Py_ssize_t d, double* out, double* __restrict acc) {
     for (Py_ssize_t j = 0; j < d; ++j) acc[j] = 0.0;
     for (Py_ssize_t i = 0; i < n; ++i) {
-        const T* row = a + i * d;
+        const T* __restrict row = row_of(a, i, d);
         for (Py_ssize_t j = 0; j < d; ++j) acc[j] += row[j];
     }
     for (Py_ssize_t j = 0; j < d; ++j) out[j] += acc[j];
@@ -36,10 +40,10 @@ void column_sums(const T* a, Py_ssize_t n, Py_ssize_t d, double* out, double* ac
 
 template <class T>
 void column_squared_deviations(const T* a, Py_ssize_t n, Py_ssize_t d, const double* mean, double* out,
-                               double* acc) {
+                               double* __restrict acc) {
     for (Py_ssize_t j = 0; j < d; ++j) acc[j] = 0.0;
     for (Py_ssize_t i = 0; i < n; ++i) {
-        const T* row = a + i * d;
+        const T* __restrict row = row_of(a, i, d);
         for (Py_ssize_t j = 0; j < d; ++j) {
             double t = row[j] - mean[j];
             acc[j] += t * t;
@@ -59,31 +63,41 @@ void bn_statistics(const double* mean, const double* sq_dev, Py_ssize_t d, doubl
     }
 }
 
-template <class T>
-void bn_normalize_relu_dropout(const T* a, Py_ssize_t n, Py_ssize_t d, const double* mean, const double* inv_std,
-                               const T* gamma, const T* beta, const uint32_t* words, long long threshold,
-                               double scale, T* xhat, T* h, uint8_t* keep, bool dropout) {
+template <bool Dropout, class T>
+void bn_normalize_relu_dropout(const T* a, Py_ssize_t n, Py_ssize_t d, const double* __restrict mean,
+                               const double* __restrict inv_std, const T* __restrict gamma, const T* __restrict beta,
+                               const uint32_t* words, uint32_t threshold, double scale, T* xhat, T* h,
+                               uint8_t* keep) {
     for (Py_ssize_t i = 0; i < n; ++i) {
+        const T* __restrict ar = row_of(a, i, d);
+        T* __restrict xr = row_of(xhat, i, d);
+        T* __restrict hr = row_of(h, i, d);
+        const uint32_t* __restrict wr = Dropout ? row_of(words, i, d) : nullptr;
+        uint8_t* __restrict kr = Dropout ? row_of(keep, i, d) : nullptr;
         for (Py_ssize_t j = 0; j < d; ++j) {
-            Py_ssize_t at = i * d + j;
-            double xh = (a[at] - mean[j]) * inv_std[j];
-            xhat[at] = static_cast<T>(xh);
-            h[at] = static_cast<T>(relu_dropout(gamma[j] * xh + beta[j], at, dropout, words, threshold, scale, keep));
+            double xh = (ar[j] - mean[j]) * inv_std[j];
+            xr[j] = static_cast<T>(xh);
+            double y = relu(gamma[j] * xh + beta[j]);
+            if constexpr (Dropout) y = dropout_one(y, wr[j], threshold, scale, kr[j]);
+            hr[j] = static_cast<T>(y);
         }
     }
 }
 
-template <class T>
-void relu_dropout_bn_sums(const T* dh, const T* h, const T* xhat, Py_ssize_t n, Py_ssize_t m, bool dropout,
-                          double scale, T* d, double* sums, double* sum_d, double* sum_dx) {
+template <bool Dropout, class T>
+void relu_dropout_bn_sums(const T* dh, const T* h, const T* xhat, Py_ssize_t n, Py_ssize_t m, double scale, T* d,
+                          double* sums, double* __restrict sum_d, double* __restrict sum_dx) {
     for (Py_ssize_t j = 0; j < m; ++j) sum_d[j] = sum_dx[j] = 0.0;
     for (Py_ssize_t i = 0; i < n; ++i) {
+        const T* __restrict dr = row_of(dh, i, m);
+        const T* __restrict hr = row_of(h, i, m);
+        const T* __restrict xr = row_of(xhat, i, m);
+        T* __restrict out = row_of(d, i, m);
         for (Py_ssize_t j = 0; j < m; ++j) {
-            Py_ssize_t at = i * m + j;
-            double g = relu_dropout_grad(dh[at], h[at], dropout, scale);
-            d[at] = static_cast<T>(g);
+            double g = relu_dropout_grad<Dropout>(dr[j], hr[j], scale);
+            out[j] = static_cast<T>(g);
             sum_d[j] += g;
-            sum_dx[j] += g * xhat[at];
+            sum_dx[j] += g * xr[j];
         }
     }
     for (Py_ssize_t j = 0; j < m; ++j) {
@@ -94,51 +108,62 @@ void relu_dropout_bn_sums(const T* dh, const T* h, const T* xhat, Py_ssize_t n, 
 
 template <class T>
 void bn_input_grad(T* d, const T* xhat, Py_ssize_t n, Py_ssize_t m, const T* gamma, const double* inv_std,
-                   double count, const double* sums, double* coef) {
-    const double* sum_d = sums;
-    const double* sum_dx = sums + m;
+                   double count, const double* sums, double* __restrict coef) {
+    const double* __restrict sum_d = sums;
+    const double* __restrict sum_dx = sums + m;
     for (Py_ssize_t j = 0; j < m; ++j) coef[j] = gamma[j] * inv_std[j] / count;
     for (Py_ssize_t i = 0; i < n; ++i) {
-        T* row = d + i * m;
-        const T* xrow = xhat + i * m;
+        T* __restrict row = row_of(d, i, m);
+        const T* __restrict xrow = row_of(xhat, i, m);
         for (Py_ssize_t j = 0; j < m; ++j)
             row[j] = static_cast<T>(coef[j] * (count * row[j] - sum_d[j] - xrow[j] * sum_dx[j]));
     }
 }
 
-template <class T>
-void bias_relu_dropout_forward(const T* a, const T* b, Py_ssize_t n, Py_ssize_t d, const uint32_t* words,
-                               long long threshold, double scale, T* h, uint8_t* keep, bool dropout) {
+template <bool Dropout, class T>
+void bias_relu_dropout_forward(const T* a, const T* __restrict b, Py_ssize_t n, Py_ssize_t d, const uint32_t* words,
+                               uint32_t threshold, double scale, T* h, uint8_t* keep) {
     for (Py_ssize_t i = 0; i < n; ++i) {
+        const T* __restrict ar = row_of(a, i, d);
+        T* __restrict hr = row_of(h, i, d);
+        const uint32_t* __restrict wr = Dropout ? row_of(words, i, d) : nullptr;
+        uint8_t* __restrict kr = Dropout ? row_of(keep, i, d) : nullptr;
         for (Py_ssize_t j = 0; j < d; ++j) {
-            Py_ssize_t at = i * d + j;
-            T y = a[at] + b[j];  // in T, as NumPy adds two float32 arrays
-            h[at] = static_cast<T>(relu_dropout(y, at, dropout, words, threshold, scale, keep));
+            T sum = ar[j] + b[j];  // in T, as NumPy adds two float32 arrays
+            double y = relu(sum);
+            if constexpr (Dropout) y = dropout_one(y, wr[j], threshold, scale, kr[j]);
+            hr[j] = static_cast<T>(y);
         }
     }
 }
 
-template <class T>
-void relu_dropout_backward(const T* dh, const T* h, Py_ssize_t n, Py_ssize_t m, bool dropout, double scale, T* da,
-                           T* db, double* col) {
+template <bool Dropout, class T>
+void relu_dropout_backward(const T* dh, const T* h, Py_ssize_t n, Py_ssize_t m, double scale, T* da, T* db,
+                           double* __restrict col) {
     for (Py_ssize_t j = 0; j < m; ++j) col[j] = 0.0;
     for (Py_ssize_t i = 0; i < n; ++i) {
+        const T* __restrict dr = row_of(dh, i, m);
+        const T* __restrict hr = row_of(h, i, m);
+        T* __restrict out = row_of(da, i, m);
         for (Py_ssize_t j = 0; j < m; ++j) {
-            Py_ssize_t at = i * m + j;
-            double g = relu_dropout_grad(dh[at], h[at], dropout, scale);
-            da[at] = static_cast<T>(g);
+            double g = relu_dropout_grad<Dropout>(dr[j], hr[j], scale);
+            out[j] = static_cast<T>(g);
             col[j] += g;
         }
     }
     for (Py_ssize_t j = 0; j < m; ++j) db[j] = static_cast<T>(col[j]);
 }
 
-template <class T>
-void ln_relu_dropout_forward(const T* a, const T* b, Py_ssize_t n, Py_ssize_t d, const T* gamma, const T* beta,
-                             double eps, const uint32_t* words, long long threshold, double scale, T* xhat, T* h,
-                             uint8_t* keep, double* inv_std, bool dropout) {
+template <bool Dropout, class T>
+void ln_relu_dropout_forward(const T* a, const T* __restrict b, Py_ssize_t n, Py_ssize_t d, const T* __restrict gamma,
+                             const T* __restrict beta, double eps, const uint32_t* words, uint32_t threshold,
+                             double scale, T* xhat, T* h, uint8_t* keep, double* inv_std) {
     for (Py_ssize_t i = 0; i < n; ++i) {
-        const T* row = a + i * d;
+        const T* __restrict row = row_of(a, i, d);
+        T* __restrict xr = row_of(xhat, i, d);
+        T* __restrict hr = row_of(h, i, d);
+        const uint32_t* __restrict wr = Dropout ? row_of(words, i, d) : nullptr;
+        uint8_t* __restrict kr = Dropout ? row_of(keep, i, d) : nullptr;
         double mean = 0.0;
         for (Py_ssize_t j = 0; j < d; ++j) mean += static_cast<T>(row[j] + b[j]);
         mean /= d;
@@ -150,36 +175,40 @@ void ln_relu_dropout_forward(const T* a, const T* b, Py_ssize_t n, Py_ssize_t d,
         double r = 1.0 / std::sqrt(var / d + eps);
         inv_std[i] = r;
         for (Py_ssize_t j = 0; j < d; ++j) {
-            Py_ssize_t at = i * d + j;
             double xh = (static_cast<T>(row[j] + b[j]) - mean) * r;
-            xhat[at] = static_cast<T>(xh);
-            h[at] = static_cast<T>(relu_dropout(gamma[j] * xh + beta[j], at, dropout, words, threshold, scale, keep));
+            xr[j] = static_cast<T>(xh);
+            double y = relu(gamma[j] * xh + beta[j]);
+            if constexpr (Dropout) y = dropout_one(y, wr[j], threshold, scale, kr[j]);
+            hr[j] = static_cast<T>(y);
         }
     }
 }
 
-template <class T>
-void ln_relu_dropout_backward(const T* dh, const T* h, const T* xhat, Py_ssize_t n, Py_ssize_t m, const T* gamma,
-                              const double* inv_std, bool dropout, double scale, T* da, T* dgamma, T* dbeta, T* db,
-                              double* col_d, double* col_dx, double* col_da) {
+template <bool Dropout, class T>
+void ln_relu_dropout_backward(const T* dh, const T* h, const T* xhat, Py_ssize_t n, Py_ssize_t m,
+                              const T* __restrict gamma, const double* inv_std, double scale, T* da, T* dgamma,
+                              T* dbeta, T* db, double* __restrict col_d, double* __restrict col_dx,
+                              double* __restrict col_da) {
     for (Py_ssize_t j = 0; j < m; ++j) col_d[j] = col_dx[j] = col_da[j] = 0.0;
     for (Py_ssize_t i = 0; i < n; ++i) {
+        const T* __restrict dr = row_of(dh, i, m);
+        const T* __restrict hr = row_of(h, i, m);
+        const T* __restrict xr = row_of(xhat, i, m);
+        T* __restrict out = row_of(da, i, m);
         double sum_d = 0.0, sum_dx = 0.0;
         for (Py_ssize_t j = 0; j < m; ++j) {
-            Py_ssize_t at = i * m + j;
-            double g = relu_dropout_grad(dh[at], h[at], dropout, scale);
+            double g = relu_dropout_grad<Dropout>(dr[j], hr[j], scale);
             col_d[j] += g;
-            col_dx[j] += g * xhat[at];
+            col_dx[j] += g * xr[j];
             double dxh = g * gamma[j];
-            da[at] = static_cast<T>(dxh);
+            out[j] = static_cast<T>(dxh);
             sum_d += dxh;
-            sum_dx += dxh * xhat[at];
+            sum_dx += dxh * xr[j];
         }
         double r = inv_std[i] / m;
         for (Py_ssize_t j = 0; j < m; ++j) {
-            Py_ssize_t at = i * m + j;
-            double v = r * (static_cast<double>(m) * da[at] - sum_d - xhat[at] * sum_dx);
-            da[at] = static_cast<T>(v);
+            double v = r * (static_cast<double>(m) * out[j] - sum_d - xr[j] * sum_dx);
+            out[j] = static_cast<T>(v);
             col_da[j] += v;
         }
     }
@@ -192,7 +221,7 @@ void ln_relu_dropout_backward(const T* dh, const T* h, const T* xhat, Py_ssize_t
 
 // The update rules, in place over flat arrays, in T arithmetic (the scalars come in T).
 template <class T>
-void adam_update(T* w, const T* g, T* m, T* v, Py_ssize_t size, T step, T beta1, T one_minus_beta1, T beta2,
+void adam_update(T* __restrict w, const T* __restrict g, T* __restrict m, T* __restrict v, Py_ssize_t size, T step, T beta1, T one_minus_beta1, T beta2,
                  T one_minus_beta2, T eps, T inv_c2) {
     for (Py_ssize_t i = 0; i < size; ++i) {
         T gi = g[i];
@@ -205,7 +234,7 @@ void adam_update(T* w, const T* g, T* m, T* v, Py_ssize_t size, T step, T beta1,
 }
 
 template <class T>
-void adamw_update(T* w, const T* g, T* m, T* v, Py_ssize_t size, T decay, T step, T beta1, T one_minus_beta1, T beta2,
+void adamw_update(T* __restrict w, const T* __restrict g, T* __restrict m, T* __restrict v, Py_ssize_t size, T decay, T step, T beta1, T one_minus_beta1, T beta2,
                   T one_minus_beta2, T eps, T inv_sqrt_c2) {
     for (Py_ssize_t i = 0; i < size; ++i) {
         T gi = g[i];
@@ -218,12 +247,12 @@ void adamw_update(T* w, const T* g, T* m, T* v, Py_ssize_t size, T decay, T step
 }
 
 template <class T>
-void sgd_update(T* w, const T* g, Py_ssize_t size, T lr) {
+void sgd_update(T* __restrict w, const T* __restrict g, Py_ssize_t size, T lr) {
     for (Py_ssize_t i = 0; i < size; ++i) w[i] = w[i] - lr * g[i];
 }
 
 template <class T>
-void momentum_update(T* w, const T* g, T* vel, Py_ssize_t size, T lr, T mu) {
+void momentum_update(T* __restrict w, const T* __restrict g, T* __restrict vel, Py_ssize_t size, T lr, T mu) {
     for (Py_ssize_t i = 0; i < size; ++i) {
         T vi = mu * vel[i] - lr * g[i];
         vel[i] = vi;
@@ -232,7 +261,7 @@ void momentum_update(T* w, const T* g, T* vel, Py_ssize_t size, T lr, T mu) {
 }
 
 template <class T>
-void rmsprop_update(T* w, const T* g, T* cache, Py_ssize_t size, T lr, T decay, T one_minus_decay, T eps) {
+void rmsprop_update(T* __restrict w, const T* __restrict g, T* __restrict cache, Py_ssize_t size, T lr, T decay, T one_minus_decay, T eps) {
     for (Py_ssize_t i = 0; i < size; ++i) {
         T gi = g[i];
         T ci = decay * cache[i] + one_minus_decay * (gi * gi);

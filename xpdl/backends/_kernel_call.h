@@ -7,10 +7,10 @@
 // TypeError or ValueError naming the kernel, the argument, what was expected and what came. Later
 // reads then return empty values, so a wrapper reads every argument and checks `ok()` once.
 //
-// The kernels' bodies live in `*_body.h` files included twice (see XK_PICK below): once for
-// the baseline instruction set and once compiled for AVX2, chosen once per process by
-// `xk::has_avx2()`. Floating-point contraction (FMA) stays off in both, so both give the same
-// bits, the bits of the reference NumPy code's operations in the same order.
+// The kernels' bodies live in `*_body.h` files included once per instruction set (see XK_PICK
+// below): the baseline, AVX2 and AVX-512, chosen once per process by `xk::isa()`. Floating-point
+// contraction (FMA) stays off in all of them, so all give the same bits, the bits of the
+// reference NumPy code's operations in the same order.
 #pragma once
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -221,30 +221,48 @@ class Unlocked {
     PyThreadState* state_;
 };
 
-// Whether the AVX2 variants run: this CPU has AVX2 and XPDL_KERNEL_ISA is not "baseline" (which
-// the tests set to check that both variants give the same bits). Decided once per process.
-inline bool has_avx2() {
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-    static const bool yes = [] {
-        const char* isa = std::getenv("XPDL_KERNEL_ISA");
-        return __builtin_cpu_supports("avx2") && !(isa && std::strcmp(isa, "baseline") == 0);
+// The instruction sets a kernel module is compiled for, from the baseline up.
+enum Isa { BASELINE = 0, AVX2 = 1, AVX512 = 2 };
+
+inline const char* isa_name(Isa isa) {
+    static const char* names[] = {"baseline", "avx2", "avx512"};
+    return names[isa];
+}
+
+// The variant that runs: the best this CPU has, capped by XPDL_KERNEL_ISA ("baseline", "avx2" or
+// "avx512"; the tests cap it to check that every variant gives the same bits). Decided once per process.
+inline Isa isa() {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+    static const Isa chosen = [] {
+        Isa best = BASELINE;
+        if (__builtin_cpu_supports("avx2")) best = AVX2;
+        if (best == AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+            best = AVX512;
+        const char* cap = std::getenv("XPDL_KERNEL_ISA");
+        for (int k = BASELINE; cap && k <= AVX512; ++k)
+            if (std::strcmp(cap, isa_name(static_cast<Isa>(k))) == 0 && k < best) best = static_cast<Isa>(k);
+        return best;
     }();
-    return yes;
+    return chosen;
 #else
-    return false;
+    return BASELINE;
 #endif
 }
 
 }  // namespace xk
 
-// A kernel module includes its body header (no include guard) twice: in namespace `generic`
-// (the baseline instruction set) and, with GCC on x86-64, in namespace `avx2` between
-// `#pragma GCC push_options / target("avx2") / pop_options`. XK_PICK(f) names the variant this
-// CPU runs.
+// A kernel module includes its body header (no include guard) three times: in namespace `generic`
+// (the baseline instruction set) and, with GCC on x86-64, in namespaces `avx2` and `avx512`, each
+// between `#pragma GCC push_options / target("avx2") or target("avx512f,avx512vl,avx512bw,avx512dq,
+// prefer-vector-width=512") / pop_options`.
+// XK_PICK(f) names the variant this CPU runs.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define XK_HAVE_AVX2_VARIANT 1
-#define XK_PICK(...) (xk::has_avx2() ? avx2::__VA_ARGS__ : generic::__VA_ARGS__)
+#define XK_HAVE_ISA_VARIANTS 1
+#define XK_PICK(...)                                                                 \
+    (xk::isa() == xk::AVX512 ? avx512::__VA_ARGS__                                   \
+                             : xk::isa() == xk::AVX2 ? avx2::__VA_ARGS__ : generic::__VA_ARGS__)
 #else
-#define XK_HAVE_AVX2_VARIANT 0
+#define XK_HAVE_ISA_VARIANTS 0
 #define XK_PICK(...) (generic::__VA_ARGS__)
 #endif

@@ -11,8 +11,8 @@ next block reads them without a copy.
 The kernels are C++ (``_conv_kernels.cpp``, bodies in ``_conv_kernels_body.h``), built
 when xpdl is installed: no run waits for a compiler. As in
 :mod:`xpdl.backends.cpu_kernels`, every kernel runs on the calling thread (the BLAS has
-the cores), releasing the GIL on large arrays, and the baseline and AVX2 builds, chosen
-per CPU, give the same bits (no fused multiply-add). The functions below are the
+the cores), releasing the GIL on large arrays, and the baseline, AVX2 and AVX-512 builds,
+chosen per CPU, give the same bits (no fused multiply-add). The functions below are the
 compiled ones themselves, with no Python wrapper per call.
 
 Arguments are checked (dtype, rank, shape, contiguity, writable outputs, sizes, strides
@@ -48,7 +48,7 @@ The kernels:
 - ``max_pool_relu_backward(dout, arg, hp, pw, stride, dap)``: pool then ReLU backward:
   ``dap`` gets ``dout`` (N, F, P, Q), any strides, at each window's argmax where the ReLU
   output ``hp`` there is positive, 0 elsewhere (summed where windows overlap).
-- ``instruction_set()``: ``"avx2"`` or ``"baseline"``, the variant this CPU runs.
+- ``instruction_set()``: ``"avx512"``, ``"avx2"`` or ``"baseline"``, the variant this CPU runs.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ code (:class:`xpdl.backends.Backend`, :mod:`xpdl.updater`) does in several; the
 tests check every kernel against that reference. The kernels are C++
 (``_cpu_kernels.cpp``, bodies in ``_cpu_kernels_body.h``), built when xpdl is
 installed: no run waits for a compiler. Each loop does the reference's
-operations in its order and types (no fused multiply-add), so the baseline and
-the AVX2 build, chosen per CPU, give the same bits. All multithreading is left
+operations in its order and types (no fused multiply-add), so the baseline,
+AVX2 and AVX-512 builds, chosen per CPU (``instruction_set()``; the environment
+variable ``XPDL_KERNEL_ISA`` caps it), give the same bits. All multithreading is left
 to the BLAS: after each matrix product its worker threads keep spinning for a
 while, and a second thread pool beside them would stall, so these kernels run
 on the calling thread (releasing the GIL on large arrays).
