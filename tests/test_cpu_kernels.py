@@ -205,3 +205,36 @@ def test_the_describe_line_names_the_compiled_kernels_and_their_instruction_set(
 
     line = describe_paths()
     assert f"numpy-fused (C++ kernels, {_cpu_kernels.instruction_set()})" in line
+
+
+PHILOX_CASES = [
+    (0, 0),
+    (1, 2**64 - 1),  # the first block's counter carries into the second 64-bit word
+    (2**127 + 5, 2**256 - 3),  # wraps at 2**256 within the draw
+    (12345, 2**128 - 2),
+    (2**128 - 1, 2**192 - 1),
+    (0x0123456789ABCDEF_FEDCBA9876543210, 0xDEADBEEF << 70),
+]
+
+
+@pytest.mark.parametrize("key, counter", PHILOX_CASES)
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 1000])
+def test_compiled_philox_words_are_numpys_words(key, counter, n):
+    from xpdl.backends.numpy_backend import philox_words
+    from xpdl.rng import host_philox_uint32
+
+    words = philox_words(key, counter, (n,))
+    assert words.dtype == np.uint32
+    assert np.array_equal(words, host_philox_uint32(key, counter, (n,)))
+
+
+def test_the_numpy_backend_draws_dropout_words_with_the_compiled_philox():
+    from xpdl.backends import get_backend
+    from xpdl.rng import Generator, host_philox_uint32
+
+    get_backend("numpy")  # registers the compiled words for NumPy arrays
+    like = np.zeros(1, np.float32)
+    g = Generator(7)
+    words = g.random_uint32((5, 33), like=like, rows=(2, 9))
+    expected = host_philox_uint32(Generator(7).key, 0, (9, 33))[2:7]
+    assert np.array_equal(words, expected)

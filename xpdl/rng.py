@@ -141,11 +141,11 @@ def host_philox_uint32(key: int, counter: int, shape: tuple[int, ...]) -> np.nda
 
 def philox_uint32(key: int, counter: int, shape: tuple[int, ...], like: Any) -> Any:
     """:func:`host_philox_uint32`'s words on the namespace and device of array ``like``."""
-    if type(like) is np.ndarray:
-        return host_philox_uint32(key, counter, shape)
     for owns, words in _WORD_SOURCES:
         if owns(like):
             return words(key, counter, shape)
+    if type(like) is np.ndarray:
+        return host_philox_uint32(key, counter, shape)
     xp = array_api_compat.array_namespace(like)
     return xp.asarray(host_philox_uint32(key, counter, shape), device=array_api_compat.device(like))
 

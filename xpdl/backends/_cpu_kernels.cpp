@@ -420,6 +420,19 @@ KERNEL(momentum_update) {
 }
 KERNEL(rmsprop_update) { return update<run_rmsprop<float>, run_rmsprop<double>>("rmsprop_update", 3, 4, args, nargs); }
 
+KERNEL(philox_uint32) {
+    Call c("philox_uint32", args, nargs, 7);
+    uint64_t k0 = c.uint64(0, "key_lo"), k1 = c.uint64(1, "key_hi");
+    uint64_t counter[4] = {c.uint64(2, "counter0"), c.uint64(3, "counter1"), c.uint64(4, "counter2"),
+                           c.uint64(5, "counter3")};
+    Array out = c.array(6, "out", 1, true);
+    c.dtype(out, "out", U32);
+    if (!c.ok()) return nullptr;
+    xk::Unlocked u(out.size());
+    XK_PICK(philox_words)(k0, k1, counter, out.ptr<uint32_t>(), out.size());
+    Py_RETURN_NONE;
+}
+
 PyObject* py_instruction_set(PyObject*, PyObject*) {
     return PyUnicode_FromString(xk::isa_name(xk::isa()));
 }
@@ -447,6 +460,7 @@ PyMethodDef methods[] = {
     ENTRY(sgd_update, "sgd_update(w, g, lr)"),
     ENTRY(momentum_update, "momentum_update(w, g, vel, lr, mu)"),
     ENTRY(rmsprop_update, "rmsprop_update(w, g, cache, lr, decay, one_minus_decay, eps)"),
+    ENTRY(philox_uint32, "philox_uint32(key_lo, key_hi, counter0, counter1, counter2, counter3, out): dropout words"),
     {"instruction_set", py_instruction_set, METH_NOARGS, "instruction_set(): 'avx2' or 'baseline', the kernels' variant"},
     {nullptr, nullptr, 0, nullptr},
 };

@@ -269,3 +269,41 @@ void rmsprop_update(T* __restrict w, const T* __restrict g, T* __restrict cache,
         w[i] = w[i] - lr * gi / (std::sqrt(ci) + eps);
     }
 }
+
+// The words of dropout: Philox4x64-10 (xpdl.rng.philox4x64_numpy, the same step by step) of the
+// 256-bit counters counter + 1 + j (c[0] lowest), j = 0, 1, ...; block j's four 64-bit outputs give
+// out[8j .. 8j+7] as (low, high) 32-bit halves, the layout of NumPy's Philox random_raw viewed as <u4.
+static inline void mulhilo(uint64_t a, uint64_t b, uint64_t& lo, uint64_t& hi) {
+    unsigned __int128 p = static_cast<unsigned __int128>(a) * b;
+    lo = static_cast<uint64_t>(p);
+    hi = static_cast<uint64_t>(p >> 64);
+}
+
+// Philox4x64-10 of the counter x[0..3] under key (k0, k1), in place.
+static inline void philox_rounds(uint64_t x[4], uint64_t k0, uint64_t k1) {
+    for (int r = 0; r < 10; ++r) {
+        if (r) {
+            k0 += 0x9E3779B97F4A7C15ULL;
+            k1 += 0xBB67AE8584CAA73BULL;
+        }
+        uint64_t lo0, hi0, lo1, hi1;
+        mulhilo(0xD2E7470EE14C6C93ULL, x[0], lo0, hi0);
+        mulhilo(0xCA5A826395121157ULL, x[2], lo1, hi1);
+        uint64_t y0 = hi1 ^ x[1] ^ k0, y2 = hi0 ^ x[3] ^ k1;
+        x[0] = y0;
+        x[1] = lo1;
+        x[2] = y2;
+        x[3] = lo0;
+    }
+}
+
+static inline void philox_words(uint64_t k0, uint64_t k1, const uint64_t counter[4], uint32_t* out, Py_ssize_t n) {
+    uint64_t c[4] = {counter[0], counter[1], counter[2], counter[3]};
+    for (Py_ssize_t start = 0; start < n; start += 8) {
+        for (int w = 0; w < 4 && ++c[w] == 0; ++w) {  // the 256-bit counter + 1, carrying (wraps at 2**256)
+        }
+        uint64_t x[4] = {c[0], c[1], c[2], c[3]};
+        philox_rounds(x, k0, k1);
+        for (int w = 0; w < 8 && start + w < n; ++w) out[start + w] = static_cast<uint32_t>(x[w / 2] >> (32 * (w % 2)));
+    }
+}

