@@ -180,7 +180,7 @@ BAD_CALLS = [
         "state of another length",
         lambda: cpu_kernels.momentum_update(_f32(4), _f32(4), _f32(3), 0.1, 0.9),
         ValueError,
-        r"momentum_update: state 1: expected 4 \(the length of w\) in dimension 0, got 3",
+        r"momentum_update: state 1: expected 4 elements \(the size of w\), got 3",
     ),
 ]
 

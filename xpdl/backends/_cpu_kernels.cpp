@@ -347,7 +347,8 @@ KERNEL(ln_relu_dropout_backward) {
     Py_RETURN_NONE;
 }
 
-// The update rules: `w` and its state, flat and of one dtype, then `scalars` numbers in that dtype.
+// The update rules: `w`, `g` and the state, C-contiguous arrays of one dtype and size (any shape, seen
+// flat), then `scalars` numbers, rounded to that dtype (as NumPy rounds a float to float32).
 struct Update {
     Array arrays[4];
     double scalars[8];
@@ -355,11 +356,12 @@ struct Update {
 
 bool update_arguments(Call& c, int n_arrays, int n_scalars, Update& u) {
     static const char* names[4] = {"w", "g", "state 1", "state 2"};
-    for (int k = 0; k < n_arrays; ++k) u.arrays[k] = c.array(k, names[k], 1, k != 1);
+    for (int k = 0; k < n_arrays; ++k) u.arrays[k] = c.flat(k, names[k], k != 1);
     c.real_dtype(u.arrays[0], "w");
     for (int k = 1; k < n_arrays; ++k) {
         c.dtype(u.arrays[k], names[k], u.arrays[0].dtype);
-        c.dim(u.arrays[k], names[k], 0, u.arrays[0].shape[0], "the length of w");
+        c.require(u.arrays[k].shape[0] == u.arrays[0].shape[0], "%s: expected %zd elements (the size of w), got %zd",
+                  names[k], u.arrays[0].shape[0], u.arrays[k].shape[0]);
     }
     for (int k = 0; k < n_scalars; ++k) u.scalars[k] = c.real(n_arrays + k, "a scalar");
     return c.ok();

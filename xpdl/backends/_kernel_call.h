@@ -79,7 +79,7 @@ class Call {
 
     bool ok() const { return !failed_; }
 
-    // Argument i: an array of `ndim` dimensions; C-contiguous unless `strided`; writable if `out`.
+    // Argument i: an array of `ndim` dimensions (at most 4); C-contiguous unless `strided`; writable if `out`.
     Array array(Py_ssize_t i, const char* name, int ndim, bool out, bool strided = false) {
         Array a;
         if (failed_) return a;
@@ -103,6 +103,14 @@ class Call {
             return a;
         }
         ++held_;
+        if (ndim == kAnyRank) {  // C-contiguous (asked for above): one flat run of elements
+            a.data = static_cast<char*>(v.buf);
+            a.dtype = dtype_of(v);
+            a.ndim = 1;
+            a.shape[0] = v.len / v.itemsize;
+            a.stride[0] = 1;
+            return a;
+        }
         if (v.ndim != ndim) {
             fail(PyExc_ValueError, "%s: expected %d dimensions, got %d", name, ndim, v.ndim);
             return a;
@@ -126,6 +134,9 @@ class Call {
         }
         return a;
     }
+
+    // Argument i: a C-contiguous array of any rank, seen flat (ndim 1, shape[0] its size).
+    Array flat(Py_ssize_t i, const char* name, bool out) { return array(i, name, kAnyRank, out); }
 
     // Argument i as a C double (a Python or NumPy number).
     double real(Py_ssize_t i, const char* name) {
@@ -208,6 +219,7 @@ class Call {
     }
 
     static constexpr int kMaxArrays = 16;
+    static constexpr int kAnyRank = -1;
     const char* kernel_;
     PyObject* const* args_;
     Py_ssize_t nargs_;

@@ -48,8 +48,9 @@ Without normalization, and with layer norm (one pass each way):
   with ``dxhat = gamma * d``, ``da = inv_std / H * (H * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat))``;
   ``db`` is the column sum of ``da`` (layer norm does not cancel the bias before it).
 
-The update rules, in place over flat ``w``, ``g`` and the rule's state, in T
-arithmetic (the scalars come in T, from the ``*_args`` functions below):
+The update rules, in place over ``w``, ``g`` and the rule's state (C-contiguous,
+any shape, seen flat), in T arithmetic (the scalars, from the ``*_args`` functions
+below, are rounded to T):
 ``sgd_update``, ``momentum_update``, ``rmsprop_update``, ``adam_update`` and
 ``adamw_update`` (:data:`UPDATE_KERNELS`).
 
@@ -159,45 +160,37 @@ def bn_relu_dropout_backward(dh, h, xhat, gamma, inv_std, keep, scale, da, dgamm
     bn_input_grad(da, xhat, gamma, inv_std, float(n), sums)
 
 
-def adam_args(s, cast):
-    """:func:`adam_update`'s scalars from :meth:`xpdl.updater.Adam.scalars`, in the parameters' dtype."""
+def adam_args(s):
+    """:func:`adam_update`'s scalars from :meth:`xpdl.updater.Adam.scalars` (the kernel rounds them to the dtype)."""
     lr, b1, b2, eps, c1, c2 = s[:6]
-    return cast(lr / c1), cast(b1), cast(1.0 - b1), cast(b2), cast(1.0 - b2), cast(eps), cast(1.0 / c2)
+    return lr / c1, b1, 1.0 - b1, b2, 1.0 - b2, eps, 1.0 / c2
 
 
-def adamw_args(s, cast):
-    """:func:`adamw_update`'s scalars from :meth:`xpdl.updater.AdamW.scalars`, in the parameters' dtype."""
+def adamw_args(s):
+    """:func:`adamw_update`'s scalars from :meth:`xpdl.updater.AdamW.scalars`."""
     lr, b1, b2, eps, c1, c2, wd = s
-    return (
-        cast(1.0 - lr * wd),
-        cast(lr / c1),
-        cast(b1),
-        cast(1.0 - b1),
-        cast(b2),
-        cast(1.0 - b2),
-        cast(eps),
-        cast(1.0 / math.sqrt(c2)),
-    )
+    return 1.0 - lr * wd, lr / c1, b1, 1.0 - b1, b2, 1.0 - b2, eps, 1.0 / math.sqrt(c2)
 
 
-def sgd_args(s, cast):
+def sgd_args(s):
     """:func:`sgd_update`'s scalar: the learning rate."""
-    return (cast(s[0]),)
+    return (s[0],)
 
 
-def momentum_args(s, cast):
+def momentum_args(s):
     """:func:`momentum_update`'s scalars from :meth:`xpdl.updater.SGDMomentum.scalars`."""
-    return cast(s[0]), cast(s[1])
+    return s[0], s[1]
 
 
-def rmsprop_args(s, cast):
+def rmsprop_args(s):
     """:func:`rmsprop_update`'s scalars from :meth:`xpdl.updater.RMSProp.scalars`."""
     lr, decay, eps = s
-    return cast(lr), cast(decay), cast(1.0 - decay), cast(eps)
+    return lr, decay, 1.0 - decay, eps
 
 
-#: Per update rule: the in-place kernel over flat ``(w, g, *state)`` and the function that turns the
-#: rule's scalars into the kernel's scalar arguments.
+#: Per update rule: the in-place kernel over ``(w, g, *state)`` (C-contiguous, any shape, seen flat) and
+#: the function that turns the rule's scalars into the kernel's scalar arguments, which the kernel
+#: rounds to the parameters' dtype (float32 arithmetic for float32 parameters, as the reference).
 UPDATE_KERNELS = {
     "sgd": (sgd_update, sgd_args),
     "sgd_momentum": (momentum_update, momentum_args),

@@ -295,18 +295,7 @@ class NumpyBackend(Backend):
         return dw, sq
 
     def update_kernel(self, rule_name):
-        entry = _kernels().UPDATE_KERNELS.get(rule_name)
-        if entry is None:
-            return None
-        kernel, scalar_args = entry
-
-        def run(w: np.ndarray, g: np.ndarray, state: tuple, s: tuple) -> None:
-            if not all(a.flags.c_contiguous for a in (w, *state)):
-                raise ValueError("update: the compiled kernels update contiguous parameters and state in place")
-            flat = [a.reshape(-1) for a in (w, np.ascontiguousarray(g), *state)]
-            kernel(*flat, *scalar_args(s, w.dtype.type))
-
-        return run
+        return _update_kernel(rule_name)
 
     # ---------------------------------------------------------------- conv blocks
     def conv_block_forward(self, x, params, block, buffers=None):
@@ -394,6 +383,21 @@ class NumpyBackend(Backend):
         stride, pad = block.conv_param.get("stride", 1), block.conv_param.get("pad", 0)
         k.col2im(dcols, hh, ww, stride, pad, dxp)
         return dxp.transpose(1, 0, 2, 3), grads
+
+
+def _update_kernel(rule_name: str) -> Any:
+    """``f(w, g, state, scalars)`` running rule ``rule_name``'s compiled kernel in place; None without one."""
+    entry = _kernels().UPDATE_KERNELS.get(rule_name)
+    if entry is None:
+        return None
+    kernel, scalar_args = entry
+
+    def run(w: np.ndarray, g: np.ndarray, state: tuple, s: tuple) -> None:
+        if not w.flags.c_contiguous or not all(a.flags.c_contiguous for a in state):
+            raise ValueError("update: the compiled kernels update contiguous parameters and state in place")
+        kernel(w, g if g.flags.c_contiguous else np.ascontiguousarray(g), *state, *scalar_args(s))
+
+    return run
 
 
 def _synced(norm_param: dict) -> Any:
