@@ -17,7 +17,7 @@ def kernels(name: str) -> Extension:
     return Extension(
         f"xpdl.backends.{name}",
         sources=[f"xpdl/backends/{name}.cpp"],
-        depends=["xpdl/backends/_kernel_call.h", f"xpdl/backends/{name}_body.h"],
+        depends=["xpdl/backends/_kernel_call.h", "xpdl/backends/_isa_variants.h", f"xpdl/backends/{name}_body.h"],
         extra_compile_args=FLAGS,
         language="c++",
         optional=True,

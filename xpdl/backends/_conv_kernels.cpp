@@ -16,34 +16,17 @@
 
 #include "_kernel_call.h"
 
-namespace generic {
-#include "_conv_kernels_body.h"
-}
-#if XK_HAVE_ISA_VARIANTS
-#pragma GCC push_options
-#pragma GCC target("avx2")
-namespace avx2 {
-#include "_conv_kernels_body.h"
-}
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,prefer-vector-width=512")
-namespace avx512 {
-#include "_conv_kernels_body.h"
-}
-#pragma GCC pop_options
-#endif
+#define XK_BODY "_conv_kernels_body.h"
+#include "_isa_variants.h"
 
 namespace {
 
 using xk::Array;
+using xk::Each;
 using xk::Call;
 using xk::F32;
 using xk::U8;
 
-#define KERNEL(name) PyObject* py_##name(PyObject*, PyObject* const* args, Py_ssize_t nargs)
-using Named = std::pair<Array*, const char*>;
-using Each = std::initializer_list<Named>;
 
 // Filter and pool sizes, strides and pads are at most this, so no size computed from them overflows.
 constexpr long long kMaxGeometry = 1 << 30;
@@ -269,10 +252,6 @@ KERNEL(max_pool_relu_backward) {
     Py_RETURN_NONE;
 }
 
-PyObject* py_instruction_set(PyObject*, PyObject*) {
-    return PyUnicode_FromString(xk::isa_name(xk::isa()));
-}
-
 #define ENTRY(name, doc) {#name, reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(py_##name)), METH_FASTCALL, doc}
 
 PyMethodDef methods[] = {
@@ -283,7 +262,7 @@ PyMethodDef methods[] = {
     ENTRY(bn_backward, "bn_backward(da, xhat, gamma, inv_std, dgamma, dbeta): per row of da, in place"),
     ENTRY(max_pool_forward, "max_pool_forward(hp, ph, pw, stride, outp, arg)"),
     ENTRY(max_pool_relu_backward, "max_pool_relu_backward(dout, arg, hp, pw, stride, dap)"),
-    {"instruction_set", py_instruction_set, METH_NOARGS, "instruction_set(): 'avx2' or 'baseline', the kernels' variant"},
+    XK_INSTRUCTION_SET_ENTRY,
     {nullptr, nullptr, 0, nullptr},
 };
 

@@ -8,36 +8,19 @@
 
 #include "_kernel_call.h"
 
-namespace generic {
-#include "_cpu_kernels_body.h"
-}
-#if XK_HAVE_ISA_VARIANTS
-#pragma GCC push_options
-#pragma GCC target("avx2")
-namespace avx2 {
-#include "_cpu_kernels_body.h"
-}
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,prefer-vector-width=512")
-namespace avx512 {
-#include "_cpu_kernels_body.h"
-}
-#pragma GCC pop_options
-#endif
+#define XK_BODY "_cpu_kernels_body.h"
+#include "_isa_variants.h"
 
 namespace {
 
 using xk::Array;
+using xk::Each;
 using xk::Call;
 using xk::F32;
 using xk::F64;
 using xk::U32;
 using xk::U8;
 
-#define KERNEL(name) PyObject* py_##name(PyObject*, PyObject* const* args, Py_ssize_t nargs)
-using Named = std::pair<Array*, const char*>;
-using Each = std::initializer_list<Named>;
 
 // `words` (N, H) uint32 and `keep` (N, H) uint8, or both with no rows (no dropout).
 bool dropout_arrays(Call& c, const Array& words, const Array& keep, const Array& like, const char* like_name) {
@@ -435,10 +418,6 @@ KERNEL(philox_uint32) {
     Py_RETURN_NONE;
 }
 
-PyObject* py_instruction_set(PyObject*, PyObject*) {
-    return PyUnicode_FromString(xk::isa_name(xk::isa()));
-}
-
 #define ENTRY(name, doc) {#name, reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(py_##name)), METH_FASTCALL, doc}
 
 PyMethodDef methods[] = {
@@ -463,7 +442,7 @@ PyMethodDef methods[] = {
     ENTRY(momentum_update, "momentum_update(w, g, vel, lr, mu)"),
     ENTRY(rmsprop_update, "rmsprop_update(w, g, cache, lr, decay, one_minus_decay, eps)"),
     ENTRY(philox_uint32, "philox_uint32(key_lo, key_hi, counter0, counter1, counter2, counter3, out): dropout words"),
-    {"instruction_set", py_instruction_set, METH_NOARGS, "instruction_set(): 'avx2' or 'baseline', the kernels' variant"},
+    XK_INSTRUCTION_SET_ENTRY,
     {nullptr, nullptr, 0, nullptr},
 };
 

@@ -20,6 +20,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
+#include <utility>
 
 namespace xk {
 
@@ -273,12 +275,22 @@ inline Isa isa() {
 #endif
 }
 
+// A kernel's argument checks name arrays in lists: for (auto [arr, name] : Each{{&a, "a"}, {&b, "b"}}).
+using Named = std::pair<Array*, const char*>;
+using Each = std::initializer_list<Named>;
+
+// instruction_set(): the variant this CPU runs ("baseline", "avx2" or "avx512"), for a module's table.
+inline PyObject* instruction_set(PyObject*, PyObject*) { return PyUnicode_FromString(isa_name(isa())); }
+
 }  // namespace xk
 
-// A kernel module includes its body header (no include guard) three times: in namespace `generic`
-// (the baseline instruction set) and, with GCC on x86-64, in namespaces `avx2` and `avx512`, each
-// between `#pragma GCC push_options / target("avx2") or target("avx512f,avx512vl,avx512bw,avx512dq,
-// prefer-vector-width=512") / pop_options`.
+// A kernel module's function: KERNEL(name) { ... } defines py_name, called with the fast-call convention.
+#define KERNEL(name) PyObject* py_##name(PyObject*, PyObject* const* args, Py_ssize_t nargs)
+
+#define XK_INSTRUCTION_SET_ENTRY \
+    { "instruction_set", xk::instruction_set, METH_NOARGS, "instruction_set(): the variant this CPU runs" }
+
+// A kernel module compiles its body header once per instruction set through _isa_variants.h;
 // XK_PICK(f) names the variant this CPU runs.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define XK_HAVE_ISA_VARIANTS 1
