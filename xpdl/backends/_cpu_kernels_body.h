@@ -274,9 +274,17 @@ void rmsprop_update(T* __restrict w, const T* __restrict g, T* __restrict cache,
 // 256-bit counters counter + 1 + j (c[0] lowest), j = 0, 1, ...; block j's four 64-bit outputs give
 // out[8j .. 8j+7] as (low, high) 32-bit halves, the layout of NumPy's Philox random_raw viewed as <u4.
 static inline void mulhilo(uint64_t a, uint64_t b, uint64_t& lo, uint64_t& hi) {
+#if defined(__SIZEOF_INT128__)
     unsigned __int128 p = static_cast<unsigned __int128>(a) * b;
     lo = static_cast<uint64_t>(p);
     hi = static_cast<uint64_t>(p >> 64);
+#else  // no 128-bit integers (MSVC): four 32-bit products, as xpdl.rng._mulhilo64
+    uint64_t a_lo = a & 0xFFFFFFFFu, a_hi = a >> 32, b_lo = b & 0xFFFFFFFFu, b_hi = b >> 32;
+    uint64_t ll = a_lo * b_lo, lh = a_lo * b_hi, hl = a_hi * b_lo, hh = a_hi * b_hi;
+    uint64_t mid = (ll >> 32) + (lh & 0xFFFFFFFFu) + (hl & 0xFFFFFFFFu);
+    hi = hh + (lh >> 32) + (hl >> 32) + (mid >> 32);
+    lo = a * b;
+#endif
 }
 
 // Philox4x64-10 of the counter x[0..3] under key (k0, k1), in place.

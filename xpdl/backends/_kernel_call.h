@@ -257,7 +257,7 @@ inline const char* isa_name(Isa isa) {
 // The variant that runs: the best this CPU has, capped by XPDL_KERNEL_ISA ("baseline", "avx2" or
 // "avx512"; the tests cap it to check that every variant gives the same bits). Decided once per process.
 inline Isa isa() {
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 8
     static const Isa chosen = [] {
         Isa best = BASELINE;
         if (__builtin_cpu_supports("avx2")) best = AVX2;
@@ -292,7 +292,8 @@ inline PyObject* instruction_set(PyObject*, PyObject*) { return PyUnicode_FromSt
 
 // A kernel module compiles its body header once per instruction set through _isa_variants.h;
 // XK_PICK(f) names the variant this CPU runs.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+// (GCC 8 or newer on x86-64: the AVX-512 variant asks for prefer-vector-width)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 8
 #define XK_HAVE_ISA_VARIANTS 1
 #define XK_PICK(...)                                                                 \
     (xk::isa() == xk::AVX512 ? avx512::__VA_ARGS__                                   \
