@@ -252,16 +252,14 @@ KERNEL(max_pool_relu_backward) {
     Py_RETURN_NONE;
 }
 
-#define ENTRY(name, doc) {#name, reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(py_##name)), METH_FASTCALL, doc}
-
 PyMethodDef methods[] = {
-    ENTRY(im2col, "im2col(x, hh, ww, stride, pad, cols): cols (C*HH*WW, N*Ho*Wo) = the taps of x (N, C, H, W)"),
-    ENTRY(col2im, "col2im(dcols, hh, ww, stride, pad, dxp): dxp (C, N, H, W) = the adjoint of im2col of dcols"),
-    ENTRY(bias_relu, "bias_relu(a, b): a = max(a + b[:, None], 0) in place"),
-    ENTRY(bn_relu_forward, "bn_relu_forward(a, gamma, beta, eps, xhat, mean, var, inv_std): per row of a, in place"),
-    ENTRY(bn_backward, "bn_backward(da, xhat, gamma, inv_std, dgamma, dbeta): per row of da, in place"),
-    ENTRY(max_pool_forward, "max_pool_forward(hp, ph, pw, stride, outp, arg)"),
-    ENTRY(max_pool_relu_backward, "max_pool_relu_backward(dout, arg, hp, pw, stride, dap)"),
+    XK_ENTRY(im2col, "im2col(x, hh, ww, stride, pad, cols): cols (C*HH*WW, N*Ho*Wo) = the taps of x (N, C, H, W)"),
+    XK_ENTRY(col2im, "col2im(dcols, hh, ww, stride, pad, dxp): dxp (C, N, H, W) = the adjoint of im2col of dcols"),
+    XK_ENTRY(bias_relu, "bias_relu(a, b): a = max(a + b[:, None], 0) in place"),
+    XK_ENTRY(bn_relu_forward, "bn_relu_forward(a, gamma, beta, eps, xhat, mean, var, inv_std): per row of a, in place"),
+    XK_ENTRY(bn_backward, "bn_backward(da, xhat, gamma, inv_std, dgamma, dbeta): per row of da, in place"),
+    XK_ENTRY(max_pool_forward, "max_pool_forward(hp, ph, pw, stride, outp, arg)"),
+    XK_ENTRY(max_pool_relu_backward, "max_pool_relu_backward(dout, arg, hp, pw, stride, dap)"),
     XK_INSTRUCTION_SET_ENTRY,
     {nullptr, nullptr, 0, nullptr},
 };

@@ -34,6 +34,13 @@ bool dropout_arrays(Call& c, const Array& words, const Array& keep, const Array&
     return dropout;
 }
 
+// Runs body(T{}) with T the C type of a float32 or float64 array.
+template <class Body>
+void by_dtype(xk::Dtype dtype, Body body) {
+    if (dtype == F32) body(float{});
+    else body(double{});
+}
+
 // Runs body(T{}, std::bool_constant<Dropout>{}) with T the dtype's C type and the dropout flag as a constant,
 // so each kernel body is compiled for float32 and float64, with and without dropout.
 template <class Body>
@@ -65,13 +72,11 @@ KERNEL(column_sums) {
     c.at_least(out, "out", a.shape[1], "the columns of a");
     if (!c.ok()) return nullptr;
     auto acc = scratch(a.shape[1]);
-    {
-        xk::Unlocked u(a.size());
-        if (a.dtype == F32)
-            XK_PICK(column_sums<float>)(a.ptr<float>(), a.shape[0], a.shape[1], out.ptr<double>(), acc.data());
-        else
-            XK_PICK(column_sums<double>)(a.ptr<double>(), a.shape[0], a.shape[1], out.ptr<double>(), acc.data());
-    }
+    xk::Unlocked u(a.size());
+    by_dtype(a.dtype, [&](auto t) {
+        using T = decltype(t);
+        XK_PICK(column_sums<T>)(a.ptr<T>(), a.shape[0], a.shape[1], out.ptr<double>(), acc.data());
+    });
     Py_RETURN_NONE;
 }
 
@@ -85,15 +90,12 @@ KERNEL(column_squared_deviations) {
     c.at_least(out, "out", a.shape[1], "the columns of a");
     if (!c.ok()) return nullptr;
     auto acc = scratch(a.shape[1]);
-    {
-        xk::Unlocked u(a.size());
-        if (a.dtype == F32)
-            XK_PICK(column_squared_deviations<float>)(a.ptr<float>(), a.shape[0], a.shape[1], mean.ptr<double>(),
-                                                      out.ptr<double>(), acc.data());
-        else
-            XK_PICK(column_squared_deviations<double>)(a.ptr<double>(), a.shape[0], a.shape[1], mean.ptr<double>(),
-                                                       out.ptr<double>(), acc.data());
-    }
+    xk::Unlocked u(a.size());
+    by_dtype(a.dtype, [&](auto t) {
+        using T = decltype(t);
+        XK_PICK(column_squared_deviations<T>)(a.ptr<T>(), a.shape[0], a.shape[1], mean.ptr<double>(),
+                                              out.ptr<double>(), acc.data());
+    });
     Py_RETURN_NONE;
 }
 
@@ -212,12 +214,11 @@ KERNEL(bn_input_grad) {
     if (!c.ok()) return nullptr;
     auto coef = scratch(m);
     xk::Unlocked u(d.size());
-    if (d.dtype == F32)
-        XK_PICK(bn_input_grad<float>)(d.ptr<float>(), xhat.ptr<float>(), n, m, gamma.ptr<float>(),
-                                      inv_std.ptr<double>(), count, sums.ptr<double>(), coef.data());
-    else
-        XK_PICK(bn_input_grad<double>)(d.ptr<double>(), xhat.ptr<double>(), n, m, gamma.ptr<double>(),
-                                       inv_std.ptr<double>(), count, sums.ptr<double>(), coef.data());
+    by_dtype(d.dtype, [&](auto t) {
+        using T = decltype(t);
+        XK_PICK(bn_input_grad<T>)(d.ptr<T>(), xhat.ptr<T>(), n, m, gamma.ptr<T>(), inv_std.ptr<double>(), count,
+                                  sums.ptr<double>(), coef.data());
+    });
     Py_RETURN_NONE;
 }
 
@@ -418,30 +419,28 @@ KERNEL(philox_uint32) {
     Py_RETURN_NONE;
 }
 
-#define ENTRY(name, doc) {#name, reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(py_##name)), METH_FASTCALL, doc}
-
 PyMethodDef methods[] = {
-    ENTRY(column_sums, "column_sums(a, out): out[j] += sum_i a[i, j]"),
-    ENTRY(column_squared_deviations, "column_squared_deviations(a, mean, out): out[j] += sum_i (a[i, j] - mean[j])**2"),
-    ENTRY(bn_statistics,
+    XK_ENTRY(column_sums, "column_sums(a, out): out[j] += sum_i a[i, j]"),
+    XK_ENTRY(column_squared_deviations, "column_squared_deviations(a, mean, out): out[j] += sum_i (a[i, j] - mean[j])**2"),
+    XK_ENTRY(bn_statistics,
           "bn_statistics(mean, sq_dev, count, b, running_mean, running_var, momentum, eps, inv_std)"),
-    ENTRY(bn_normalize_relu_dropout,
+    XK_ENTRY(bn_normalize_relu_dropout,
           "bn_normalize_relu_dropout(a, mean, inv_std, gamma, beta, words, threshold, scale, xhat, h, keep)"),
-    ENTRY(relu_dropout_bn_sums, "relu_dropout_bn_sums(dh, h, xhat, keep, scale, d, sums)"),
-    ENTRY(bn_input_grad, "bn_input_grad(d, xhat, gamma, inv_std, count, sums)"),
-    ENTRY(bias_relu_dropout_forward, "bias_relu_dropout_forward(a, b, words, threshold, scale, h, keep)"),
-    ENTRY(relu_dropout_backward, "relu_dropout_backward(dh, h, keep, scale, da, db)"),
-    ENTRY(ln_relu_dropout_forward,
+    XK_ENTRY(relu_dropout_bn_sums, "relu_dropout_bn_sums(dh, h, xhat, keep, scale, d, sums)"),
+    XK_ENTRY(bn_input_grad, "bn_input_grad(d, xhat, gamma, inv_std, count, sums)"),
+    XK_ENTRY(bias_relu_dropout_forward, "bias_relu_dropout_forward(a, b, words, threshold, scale, h, keep)"),
+    XK_ENTRY(relu_dropout_backward, "relu_dropout_backward(dh, h, keep, scale, da, db)"),
+    XK_ENTRY(ln_relu_dropout_forward,
           "ln_relu_dropout_forward(a, b, gamma, beta, eps, words, threshold, scale, xhat, h, keep, inv_std)"),
-    ENTRY(ln_relu_dropout_backward,
+    XK_ENTRY(ln_relu_dropout_backward,
           "ln_relu_dropout_backward(dh, h, xhat, gamma, inv_std, keep, scale, da, dgamma, dbeta, db)"),
-    ENTRY(adam_update, "adam_update(w, g, m, v, step, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, inv_c2)"),
-    ENTRY(adamw_update, "adamw_update(w, g, m, v, decay, step, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, "
+    XK_ENTRY(adam_update, "adam_update(w, g, m, v, step, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, inv_c2)"),
+    XK_ENTRY(adamw_update, "adamw_update(w, g, m, v, decay, step, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, "
                         "inv_sqrt_c2)"),
-    ENTRY(sgd_update, "sgd_update(w, g, lr)"),
-    ENTRY(momentum_update, "momentum_update(w, g, vel, lr, mu)"),
-    ENTRY(rmsprop_update, "rmsprop_update(w, g, cache, lr, decay, one_minus_decay, eps)"),
-    ENTRY(philox_uint32, "philox_uint32(key_lo, key_hi, counter0, counter1, counter2, counter3, out): dropout words"),
+    XK_ENTRY(sgd_update, "sgd_update(w, g, lr)"),
+    XK_ENTRY(momentum_update, "momentum_update(w, g, vel, lr, mu)"),
+    XK_ENTRY(rmsprop_update, "rmsprop_update(w, g, cache, lr, decay, one_minus_decay, eps)"),
+    XK_ENTRY(philox_uint32, "philox_uint32(key_lo, key_hi, counter0, counter1, counter2, counter3, out): dropout words"),
     XK_INSTRUCTION_SET_ENTRY,
     {nullptr, nullptr, 0, nullptr},
 };

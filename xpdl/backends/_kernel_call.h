@@ -287,6 +287,10 @@ inline PyObject* instruction_set(PyObject*, PyObject*) { return PyUnicode_FromSt
 // A kernel module's function: KERNEL(name) { ... } defines py_name, called with the fast-call convention.
 #define KERNEL(name) PyObject* py_##name(PyObject*, PyObject* const* args, Py_ssize_t nargs)
 
+// A method-table entry for KERNEL(name), with its one-line doc.
+#define XK_ENTRY(name, doc) \
+    { #name, reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(py_##name)), METH_FASTCALL, doc }
+
 #define XK_INSTRUCTION_SET_ENTRY \
     { "instruction_set", xk::instruction_set, METH_NOARGS, "instruction_set(): the variant this CPU runs" }
 
