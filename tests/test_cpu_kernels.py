@@ -60,6 +60,20 @@ print(json.dumps({"sha256": digest.hexdigest(), "path": tr.step_path,
 ISAS = ["baseline", "avx2", "avx512"]
 
 
+def test_an_unknown_isa_cap_is_named_once_and_ignored():
+    code = (
+        "import xpdl; xpdl.get_backend('numpy'); "
+        "from xpdl.backends import cpu_kernels; print(cpu_kernels.instruction_set())"
+    )
+    env = {**os.environ, "XPDL_QUIET": "0", "XPDL_KERNEL_ISA": "sse9" * 100}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == _cpu_kernels.instruction_set()  # the cap is ignored: the CPU's best runs
+    lines = [line for line in proc.stderr.splitlines() if "XPDL_KERNEL_ISA" in line]
+    assert len(lines) == 1 and "expected one of baseline, avx2, avx512, got 'sse9sse9" in lines[0]
+    assert len(lines[0]) < 200
+
+
 def run_steps(env: dict[str, str] | None = None, prelude: str = "") -> tuple[dict, str]:
     """Run :data:`STEPS` in a fresh interpreter; its JSON line and its stderr."""
     full_env = {**os.environ, "XPDL_QUIET": "0", **(env or {})}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,18 @@ def kernels_problem() -> str:
             "(g++ or clang++) on the PATH, reinstall xpdl (pip install --force-reinstall --no-deps xpdl)"
         )
     return ""
+
+
+#: The values of ``XPDL_KERNEL_ISA``, which caps the compiled kernels' instruction set (lowest first).
+ISA_CAPS = ("baseline", "avx2", "avx512")
+
+
+def check_isa_cap() -> None:
+    """Say once on stderr when ``XPDL_KERNEL_ISA`` holds no known instruction set (the kernels then ignore it)."""
+    cap = os.environ.get("XPDL_KERNEL_ISA")
+    if cap is not None and cap not in ISA_CAPS:
+        running = _kernels().instruction_set()
+        announce(f"XPDL_KERNEL_ISA: expected one of {', '.join(ISA_CAPS)}, got {cap[:40]!r}; the kernels run {running}")
 
 
 def _is_numpy_array(like: Any) -> bool:
@@ -144,6 +157,7 @@ class NumpyBackend(Backend):
         super().__init__("numpy", array_api_compat.numpy, "cpu", reason)
         if not kernels_problem():
             register_word_source(_is_numpy_array, philox_words)
+            check_isa_cap()
 
     def asarray(self, obj: Any, dtype: Any = None) -> Any:
         return np.asarray(to_numpy(obj), dtype=None if dtype is None else self.dtype(dtype))
