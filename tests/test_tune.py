@@ -371,10 +371,13 @@ def test_ctrl_c_stops_every_worker_and_says_how_to_resume(tmp_path):
     assert proc.returncode == 130, err
     assert f"continue with: xpdl tune --resume {folder}" in err
     trials = journal_trials(folder)
-    assert "RUNNING" not in states(trials)
-    interrupted = [t for t in trials if t.state == TrialState.FAIL]
-    assert interrupted and all(any(w.system_attrs.get("failed_trial") == t.number for w in trials) for t in interrupted)
     logs = "".join(p.read_text() for p in (folder / "logs").glob("worker-*.log"))
+    seen = [(t.number, t.state.name, t.user_attrs, t.system_attrs) for t in trials]
+    assert "RUNNING" not in states(trials), (seen, logs)
+    interrupted = [t for t in trials if t.state == TrialState.FAIL]
+    assert interrupted and all(
+        any(w.system_attrs.get("failed_trial") == t.number for w in trials) for t in interrupted
+    ), (seen, logs)
     assert "interrupted at iteration" in logs  # each run stopped as xpdl train does on Ctrl-C
 
 
