@@ -381,6 +381,66 @@ def test_ctrl_c_stops_every_worker_and_says_how_to_resume(tmp_path):
     assert "interrupted at iteration" in logs  # each run stopped as xpdl train does on Ctrl-C
 
 
+@pytest.mark.parametrize("delay", [0.3, 1.0, 2.0])
+def test_ctrl_c_at_any_moment_stops_cleanly_and_loses_no_trial(tmp_path, delay):
+    """Ctrl-C while the workers import, open the study, start a trial or train: every worker stops
+    (none is reported as failed, no traceback), no trial is left running, each interrupted trial is
+    queued again."""
+    folder = tmp_path / "c"
+    proc = start_xpdl(
+        "tune", *TINY, "--epochs", "200", "--search", "lr=1e-3..1e-2:log", "--trials", "4", "--workers", "2",
+        "--pruner", "none", "--out", str(folder),
+    )  # fmt: skip
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    # 130, or ended by SIGINT itself (how Python reports a Ctrl-C that came while it was loading code)
+    assert proc.returncode in (130, -signal.SIGINT), err
+    assert "exited with code" not in err, err
+    if not (folder / "tune.json").exists():  # stopped before the study was made
+        return
+    logs = "".join(p.read_text() for p in (folder / "logs").glob("worker-*.log"))
+    # the only tracebacks are Optuna's notes of the interrupted trials
+    assert logs.count("Traceback") == logs.count("failed with parameters"), logs
+    assert "Exception ignored" not in logs, logs
+    trials = journal_trials(folder)
+    seen = [(t.number, t.state.name, t.user_attrs, t.system_attrs) for t in trials]
+    assert "RUNNING" not in states(trials), (seen, logs)
+    interrupted = [t for t in trials if t.state == TrialState.FAIL]
+    assert all(any(w.system_attrs.get("failed_trial") == t.number for w in trials) for t in interrupted), (seen, logs)
+    assert not any("error" in t.user_attrs for t in trials), (seen, logs)
+
+
+def test_a_stop_signal_dropped_where_it_landed_stops_the_worker_at_the_next_check():
+    """A KeyboardInterrupt raised in a weak-reference callback is printed and dropped by Python: the
+    worker still knows a stop was asked for, and stops at its next safe point."""
+    script = r"""
+import gc, os, signal, sys, weakref
+from xpdl.tune.worker import STOP
+STOP.install()
+STOP.armed = True
+
+class Thing:
+    pass
+
+thing = Thing()
+ref = weakref.ref(thing, lambda r: os.kill(os.getpid(), signal.SIGINT))
+del thing
+gc.collect()
+print("went on", STOP.requested, STOP.armed, flush=True)
+try:
+    STOP.check()
+except KeyboardInterrupt:
+    print("stopped at the check", flush=True)
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert "went on True False" in proc.stdout, proc.stdout + proc.stderr
+    assert "stopped at the check" in proc.stdout, proc.stdout + proc.stderr
+
+
 # ------------------------------------------------------------------ PostgreSQL: several machines
 def postgres_binaries() -> Path | None:
     """The folder holding initdb and pg_ctl (Debian: /usr/lib/postgresql/VERSION/bin), or None."""

@@ -2,6 +2,9 @@
 
 import sys
 
-from xpdl.cli import main
+try:
+    from xpdl.cli import main
+except KeyboardInterrupt:  # Ctrl-C while Python loads the tool: stop as an interrupted command does
+    sys.exit(130)
 
 sys.exit(main())

@@ -335,25 +335,49 @@ def start_workers(out: Path, spec: str, name: str, count: int, seeds: list[int])
             f"nothing was started, continue with xpdl tune --resume {out} once fixed"
         ) from None
     procs = []
-    for k in range(count):
-        cmd = [
-            sys.executable,
-            "-m",
-            "xpdl",
-            "tune",
-            "--worker",
-            "--storage",
-            spec,
-            "--study",
-            name,
-            "--out",
-            str(out.resolve()),
-            "--worker-seed",
-            str(seeds[k]),
-        ]
-        with open(logs / f"worker-{k}.log", "ab") as log:
-            procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env))
+    # the workers start with the stop signals blocked: one that comes while a worker imports (where a
+    # KeyboardInterrupt may turn into another error or be dropped) waits until its handler is in place
+    sigmask = getattr(signal, "pthread_sigmask", None)
+    blocked = sigmask(signal.SIG_BLOCK, (signal.SIGINT, *STOP_SIGNALS)) if sigmask else None
+    try:
+        for k in range(count):
+            with open(logs / f"worker-{k}.log", "ab") as log:
+                procs.append(
+                    subprocess.Popen(
+                        worker_command(out, spec, name, seeds[k]),
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                    )
+                )
+        if sigmask is not None:
+            sigmask(signal.SIG_SETMASK, blocked)  # a stop signal that came meanwhile is raised here
+    except BaseException:  # Ctrl-C (or a failed start) while starting them: the started ones are stopped
+        if sigmask is not None:
+            sigmask(signal.SIG_SETMASK, blocked)
+        stop_workers(procs)
+        raise
     return procs
+
+
+def worker_command(out: Path, spec: str, name: str, seed: int) -> list[str]:
+    """The command line of one worker process."""
+    return [
+        sys.executable,
+        "-m",
+        "xpdl",
+        "tune",
+        "--worker",
+        "--storage",
+        spec,
+        "--study",
+        name,
+        "--out",
+        str(out.resolve()),
+        "--worker-seed",
+        str(seed),
+    ]
 
 
 def stop_workers(procs: list[subprocess.Popen], seconds: float = STOP_SECONDS) -> None:
@@ -429,7 +453,11 @@ def drive(out: Path, spec: str, name: str, workers: int | None, quiet: bool, joi
             f"no workers started; work on the study with: xpdl tune --resume {out}, or from other machines: "
             f"xpdl tune --join {_safe_url(spec)} --study {name}"
         )
-    failed = [(k, p) for k, p in enumerate(procs) if p.returncode not in (0, 130)]
+    # after Ctrl-C a worker that ended by SIGINT stopped as asked: Python ends a process that way after a
+    # KeyboardInterrupt left code it ran from a string (a dataclass's generated methods, say), even one
+    # the worker then handled (its trial is failed and queued again by then)
+    stopped = (0, 130, -signal.SIGINT) if interrupted else (0, 130)
+    failed = [(k, p) for k, p in enumerate(procs) if p.returncode not in stopped]
     for k, proc in failed:
         print(
             f"worker {k} (pid {proc.pid}) exited with code {proc.returncode}; see {out / 'logs'}/worker-{k}.log",

@@ -45,10 +45,49 @@ def trial_folder(out: Path, number: int) -> Path:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
 
 
-def _stop_on_first_sigint(signum: int, frame: Any) -> None:
-    for sig in STOP_SIGNALS:  # the terminal and the parent may both send one
-        signal.signal(sig, signal.SIG_IGN)
-    raise KeyboardInterrupt
+class StopRequest:
+    """Whether a stop signal came, and where it may interrupt the worker.
+
+    A KeyboardInterrupt raised by a signal handler lands wherever the interpreter is:
+    in a weak-reference callback or a finalizer it is printed and dropped, in a C
+    extension's initialization it becomes an ImportError. So the handler only raises
+    while a trial trains (``armed``, once per trial: the run's own cleanup after Ctrl-C
+    is not interrupted again), and :meth:`check` raises it at the safe points (before a
+    trial, at each epoch's end, between trials) when it was dropped or came elsewhere.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.armed = False
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if a stop signal came."""
+        if self.requested:
+            self.armed = False
+            raise KeyboardInterrupt
+
+    def ignore_more(self) -> None:
+        """Ignore further stop signals: the worker is stopping (the terminal and the driver both send one,
+        and one that came while the interpreter shuts down would kill it, signal handlers reset by then)."""
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+    def install(self) -> None:
+        """Handle the stop signals from now on, then let through those blocked while the worker started."""
+        self.requested = self.armed = False
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self.on_signal)
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+STOP = StopRequest()
 
 
 class Objective:
@@ -83,15 +122,19 @@ class Objective:
         options.setdefault("split-seed", self.config["seed"])  # every trial is scored on the same validation split
         print(f"trial {trial.number}: xpdl train {' '.join(self.command_line(params, options))}", flush=True)
         run = TrainingRun.from_options(options)
+        STOP.check()
+        STOP.armed = True
         try:
             code = train(run, epoch_callback=lambda trainer: self.report(trial, trainer))
         except optuna.TrialPruned as exc:  # the run folder is finished; say so, as a completed run does
             print(f"trial {trial.number}: pruned after {exc}; run folder {folder}", flush=True)
             raise
+        finally:
+            STOP.armed = False
         sys.stdout.flush()
         if code == 0:
             return float(json.loads((folder / "history.json").read_text())["best_val_acc"])
-        if code == 130:
+        if code == 130 or STOP.requested:  # a stop signal may surface as another error in the run (see StopRequest)
             raise KeyboardInterrupt
         reason = "training diverged" if code == 1 else f"xpdl train exited with code {code}"
         trial.set_user_attr("error", f"{reason} (see the worker log)")
@@ -114,7 +157,9 @@ class Objective:
 
     @staticmethod
     def report(trial: optuna.Trial, trainer: Any) -> None:
-        """After an epoch: report its validation accuracy; raise TrialPruned if the pruner says so."""
+        """After an epoch: stop if a stop signal came; report the validation accuracy; raise TrialPruned
+        if the pruner says so."""
+        STOP.check()
         trial.report(float(trainer.val_acc_history[-1]), int(trainer.epoch))
         if trial.should_prune():
             raise optuna.TrialPruned(f"epoch {trainer.epoch} (val acc {trainer.val_acc_history[-1]:.4f})")
@@ -129,9 +174,8 @@ def _preload() -> None:
 
 
 def run_worker(storage_spec: str, study_name: str, out: str | Path, sampler_seed: int) -> int:
-    """Work on the study until its budget is used up. Returns 0, or 130 after Ctrl-C."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, _stop_on_first_sigint)
+    """Work on the study until its budget is used up. Returns 0, or 130 after Ctrl-C (or SIGTERM, SIGHUP)."""
+    STOP.install()
     storage = ts.open_storage(storage_spec)
     config = ts.study_config(ts.load_study(storage, study_name))
     study = ts.load_study(
@@ -140,10 +184,11 @@ def run_worker(storage_spec: str, study_name: str, out: str | Path, sampler_seed
     objective = Objective(study, Path(out), config)
     _preload()
     try:
-        while ts.has_work(study):
+        while not STOP.requested and ts.has_work(study):
             study.optimize(objective, n_trials=1, catch=(Surplus, TrainFailed))
+        STOP.check()
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        STOP.ignore_more()
         if objective.current is not None:
             frozen = study._storage.get_trial(objective.current._trial_id)
             interrupted = frozen.state == TrialState.FAIL and not {"error", "surplus"} & set(frozen.user_attrs)
