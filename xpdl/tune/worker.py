@@ -167,9 +167,8 @@ class Objective:
 
 def _preload() -> None:
     """Import what every trial needs once, so trial seconds measure training, not imports."""
-    import matplotlib.figure  # noqa: F401  (curves.png)
-
     import xpdl.backends.cpu_kernels  # noqa: F401  (the compiled kernels)
+    import xpdl.plots  # noqa: F401  (curves.png: matplotlib and its Agg extension, loaded before any trial trains)
     import xpdl.training.run  # noqa: F401
 
 
