@@ -441,6 +441,39 @@ except KeyboardInterrupt:
     assert "stopped at the check" in proc.stdout, proc.stdout + proc.stderr
 
 
+def test_an_error_that_a_stop_signal_turned_into_still_queues_the_trial_again(tmp_path):
+    """Optuna's journal lock, interrupted while it releases, raises FileNotFoundError instead of the
+    KeyboardInterrupt: after a stop signal the worker counts any error as the interrupt."""
+    folder = tmp_path / "s"
+    made = run_xpdl("tune", *TINY, "--search", "lr=1e-3..1e-2:log", "--trials", "2", "--workers", "0",
+                    "--out", str(folder))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    study_file = json.loads((folder / "tune.json").read_text())
+    script = r"""
+import os, signal, sys, time
+from xpdl.tune import worker
+
+def train(run, epoch_callback=None):
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # the KeyboardInterrupt lands in the trial's training ...
+        time.sleep(5)
+    except BaseException:  # ... where a cleanup turns it into another error, as Optuna's lock release does
+        raise FileNotFoundError(2, "No such file or directory", "journal.log.lock.rename") from None
+    raise AssertionError("no KeyboardInterrupt came")
+
+worker.train = train
+print("exit", worker.run_worker(sys.argv[1], sys.argv[2], sys.argv[3], 0))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script, study_file["storage"], study_file["study"], str(folder)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=folder,
+    )  # fmt: skip
+    assert "exit 130" in proc.stdout, proc.stdout + proc.stderr
+    trials = journal_trials(folder)
+    assert [t.state.name for t in trials] == ["FAIL", "WAITING"], [(t.number, t.state.name) for t in trials]
+    assert trials[1].system_attrs["failed_trial"] == 0 and trials[1].params == trials[0].params
+
+
 # ------------------------------------------------------------------ PostgreSQL: several machines
 def postgres_binaries() -> Path | None:
     """The folder holding initdb and pg_ctl (Debian: /usr/lib/postgresql/VERSION/bin), or None."""

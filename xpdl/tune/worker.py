@@ -12,9 +12,11 @@ up; after Ctrl-C (SIGINT) it fails and re-queues its running trial and exits 130
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +52,12 @@ class StopRequest:
 
     A KeyboardInterrupt raised by a signal handler lands wherever the interpreter is:
     in a weak-reference callback or a finalizer it is printed and dropped, in a C
-    extension's initialization it becomes an ImportError. So the handler only raises
-    while a trial trains (``armed``, once per trial: the run's own cleanup after Ctrl-C
-    is not interrupted again), and :meth:`check` raises it at the safe points (before a
-    trial, at each epoch's end, between trials) when it was dropped or came elsewhere.
+    extension's initialization it becomes an ImportError, in Optuna's journal-lock
+    release a FileNotFoundError. So the handler only raises while a trial trains
+    (``armed``, once per trial: the run's own cleanup after Ctrl-C is not interrupted
+    again; never inside the study's storage, :meth:`held`), :meth:`check` raises it at
+    the safe points (before a trial, at each epoch's end, between trials) when it was
+    dropped or came elsewhere, and after a stop any error counts as the interrupt.
     """
 
     def __init__(self) -> None:
@@ -66,6 +70,15 @@ class StopRequest:
             self.armed = False
             raise KeyboardInterrupt
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Within: a stop signal is only recorded (the caller checks after)."""
+        armed, self.armed = self.armed, False
+        try:
+            yield
+        finally:
+            self.armed = armed and not self.requested
+
     def check(self) -> None:
         """Raise KeyboardInterrupt if a stop signal came."""
         if self.requested:
@@ -73,8 +86,7 @@ class StopRequest:
             raise KeyboardInterrupt
 
     def ignore_more(self) -> None:
-        """Ignore further stop signals: the worker is stopping (the terminal and the driver both send one,
-        and one that came while the interpreter shuts down would kill it, signal handlers reset by then)."""
+        """Ignore further stop signals: the worker is stopping (the terminal and the driver both send one)."""
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
 
@@ -160,8 +172,11 @@ class Objective:
         """After an epoch: stop if a stop signal came; report the validation accuracy; raise TrialPruned
         if the pruner says so."""
         STOP.check()
-        trial.report(float(trainer.val_acc_history[-1]), int(trainer.epoch))
-        if trial.should_prune():
+        with STOP.held():  # a signal does not interrupt the study's storage (Optuna's journal lock)
+            trial.report(float(trainer.val_acc_history[-1]), int(trainer.epoch))
+            prune = trial.should_prune()
+        STOP.check()
+        if prune:
             raise optuna.TrialPruned(f"epoch {trainer.epoch} (val acc {trainer.val_acc_history[-1]:.4f})")
 
 
@@ -186,7 +201,11 @@ def run_worker(storage_spec: str, study_name: str, out: str | Path, sampler_seed
         while not STOP.requested and ts.has_work(study):
             study.optimize(objective, n_trials=1, catch=(Surplus, TrainFailed))
         STOP.check()
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        # after a stop signal, any error is how the interrupt surfaced (a KeyboardInterrupt raised inside
+        # a library's cleanup can come out as another exception)
+        if not (isinstance(exc, KeyboardInterrupt) or STOP.requested):
+            raise
         STOP.ignore_more()
         if objective.current is not None:
             frozen = study._storage.get_trial(objective.current._trial_id)
