@@ -28,7 +28,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -334,31 +334,38 @@ def start_workers(out: Path, spec: str, name: str, count: int, seeds: list[int])
             f"{exc.filename or logs}: cannot write the workers' logs: {exc.strerror or exc}; "
             f"nothing was started, continue with xpdl tune --resume {out} once fixed"
         ) from None
-    procs = []
-    # the workers start with the stop signals blocked: one that comes while a worker imports (where a
-    # KeyboardInterrupt may turn into another error or be dropped) waits until its handler is in place
-    sigmask = getattr(signal, "pthread_sigmask", None)
-    blocked = sigmask(signal.SIG_BLOCK, (signal.SIGINT, *STOP_SIGNALS)) if sigmask else None
+    procs: list[subprocess.Popen] = []
     try:
-        for k in range(count):
-            with open(logs / f"worker-{k}.log", "ab") as log:
-                procs.append(
-                    subprocess.Popen(
-                        worker_command(out, spec, name, seeds[k]),
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        env=env,
+        with _stop_signals_blocked():
+            for k in range(count):
+                with open(logs / f"worker-{k}.log", "ab") as log:
+                    procs.append(
+                        subprocess.Popen(
+                            worker_command(out, spec, name, seeds[k]),
+                            stdin=subprocess.DEVNULL,
+                            stdout=log,
+                            stderr=subprocess.STDOUT,
+                            env=env,
+                        )
                     )
-                )
-        if sigmask is not None:
-            sigmask(signal.SIG_SETMASK, blocked)  # a stop signal that came meanwhile is raised here
     except BaseException:  # Ctrl-C (or a failed start) while starting them: the started ones are stopped
-        if sigmask is not None:
-            sigmask(signal.SIG_SETMASK, blocked)
         stop_workers(procs)
         raise
     return procs
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Block SIGINT, SIGTERM and SIGHUP within, so processes started here begin with them blocked: one that
+    comes while a worker imports (where a KeyboardInterrupt may turn into another error or be dropped)
+    waits until the worker's handler is in place. One that came meanwhile is raised on leaving."""
+    sigmask = getattr(signal, "pthread_sigmask", None)
+    blocked = sigmask(signal.SIG_BLOCK, (signal.SIGINT, *STOP_SIGNALS)) if sigmask else None
+    try:
+        yield
+    finally:
+        if sigmask is not None:
+            sigmask(signal.SIG_SETMASK, blocked)
 
 
 def worker_command(out: Path, spec: str, name: str, seed: int) -> list[str]:
@@ -454,8 +461,8 @@ def drive(out: Path, spec: str, name: str, workers: int | None, quiet: bool, joi
             f"xpdl tune --join {_safe_url(spec)} --study {name}"
         )
     # after Ctrl-C a worker that ended by SIGINT stopped as asked: Python ends a process that way after a
-    # KeyboardInterrupt left code it ran from a string (a dataclass's generated methods, say), even one
-    # the worker then handled (its trial is failed and queued again by then)
+    # KeyboardInterrupt left code it ran from a string, even one the worker then handled (its trial is
+    # failed and queued again by then)
     stopped = (0, 130, -signal.SIGINT) if interrupted else (0, 130)
     failed = [(k, p) for k, p in enumerate(procs) if p.returncode not in stopped]
     for k, proc in failed:
